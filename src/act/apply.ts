@@ -1,0 +1,83 @@
+import { mkdir, rmdir, unlink } from "node:fs/promises";
+import type { Logger } from "pino";
+import { errnoCode, errorMessage } from "../errors.js";
+import { readMountinfo, stackAt } from "../observe/mountinfo.js";
+import { actionDataset, type Action } from "../plan/diff.js";
+import type { Runner } from "./exec.js";
+import { lazyUnmount, mountImage } from "./mounts.js";
+import type { TransferPool } from "./transfers.js";
+
+export interface ActContext {
+  run: Runner;
+  transfers: TransferPool;
+  logger: Logger;
+  procRoot: string;
+}
+
+export interface ActionFailure {
+  action: Action;
+  error: string;
+}
+
+/**
+ * Carry out the diff. Steps of one key run in order and stop at the first
+ * failure; keys are independent, so one bad image never holds up another.
+ */
+export async function act(actions: readonly Action[], ctx: ActContext): Promise<ActionFailure[]> {
+  const byKey = new Map<string, Action[]>();
+  for (const a of actions) byKey.set(a.key, [...(byKey.get(a.key) ?? []), a]);
+  const failures: ActionFailure[] = [];
+  await Promise.all(
+    [...byKey.values()].map(async (steps) => {
+      for (const action of steps) {
+        try {
+          await perform(action, ctx);
+        } catch (err) {
+          failures.push({ action, error: errorMessage(err) });
+          ctx.logger.error({ dataset: actionDataset(action), action: action.kind, err: errorMessage(err) }, "action failed");
+          break;
+        }
+      }
+    }),
+  );
+  return failures;
+}
+
+async function perform(action: Action, ctx: ActContext): Promise<void> {
+  const log = ctx.logger;
+  switch (action.kind) {
+    case "mkdir":
+      await mkdir(action.path, { mode: 0o755 });
+      return void log.debug({ path: action.path }, "created mount point");
+    case "rmdir":
+      try {
+        await rmdir(action.path);
+        log.debug({ path: action.path }, "removed mount point");
+      } catch (err) {
+        // Not empty or still a mount point (a lazy unmount still busy): not ours to force.
+        if (!["ENOTEMPTY", "EBUSY", "ENOENT", "EEXIST"].includes(errnoCode(err) ?? "")) throw err;
+      }
+      return;
+    case "mount":
+      await mountImage(ctx.run, action.fsType, action.source, action.target);
+      return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
+    case "unmount": {
+      // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.
+      const top = stackAt(await readMountinfo(ctx.procRoot), action.target).at(-1);
+      if (top?.mountId !== action.mountId) throw new Error(`mount ${action.mountId} is no longer the top of ${action.target}; skipped`);
+      await lazyUnmount(ctx.run, action.target);
+      return void log.info({ dataset: action.dataset, tier: action.tier, target: action.target, reason: action.reason }, "unmounted");
+    }
+    case "delete-file":
+      try {
+        await unlink(action.path);
+      } catch (err) {
+        if (errnoCode(err) !== "ENOENT") throw err;
+      }
+      return void log.info({ dataset: action.dataset, file: action.path, reason: action.reason }, "deleted cache file");
+    case "start-copy":
+      return ctx.transfers.start(action.dataset);
+    case "cancel-copy":
+      return ctx.transfers.cancel(action.dataset, action.reason);
+  }
+}

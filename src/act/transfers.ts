@@ -1,0 +1,182 @@
+import { chmod, open, rename, stat, unlink } from "node:fs/promises";
+import path from "node:path";
+import type { Logger } from "pino";
+import { errnoCode, errorMessage } from "../errors.js";
+import { sameVersion, type Dataset } from "../plan/catalog.js";
+import type { TransferInfo } from "../plan/diff.js";
+import { MiB } from "../units.js";
+import type { Runner } from "./exec.js";
+
+/** rsync gives up when no data moves for this long (a dead NFS server): the copy fails and is retried with back-off. */
+const RSYNC_IO_TIMEOUT_S = 120;
+const COPY_TIMEOUT_MS = 48 * 3600 * 1000;
+
+export const TMP_PREFIX = ".scratch_manager.";
+export const TMP_SUFFIX = ".partial";
+
+export function tmpPathFor(cachedir: string, imageFile: string): string {
+  return path.join(cachedir, `${TMP_PREFIX}${imageFile}${TMP_SUFFIX}`);
+}
+
+export interface Transfer extends TransferInfo {
+  state: "queued" | "running";
+  source: string;
+  dest: string;
+  startedAt?: number;
+  abort: AbortController;
+  bytesDone: number;
+  /** Settles when a running copy has ended and its temporary file is gone. */
+  done?: Promise<void>;
+}
+
+export type CopyOutcome = { ok: true; bytes: number; ms: number } | { ok: false; error: string; cancelled: boolean };
+
+export interface TransferPoolOptions {
+  run: Runner;
+  cachedir: string;
+  maxCopies: number;
+  logger: Logger;
+  /** Called when a copy ends, whatever the outcome; the daemon wakes its loop to mount the copy. */
+  onSettled: (name: string, outcome: CopyOutcome) => void;
+  clock?: () => number;
+}
+
+/**
+ * Copies run here, in the background, at most maxCopies at once; the loop
+ * never awaits one. Each goes to a temporary name, is flushed, verified
+ * against the image (size, mtime), and only then renamed into place, so a
+ * file under the final name is always a complete copy.
+ */
+export class TransferPool {
+  private readonly transfers = new Map<string, Transfer>();
+
+  constructor(private readonly options: TransferPoolOptions) {}
+
+  private now(): number {
+    return (this.options.clock ?? Date.now)();
+  }
+
+  setMaxCopies(n: number): void {
+    this.options.maxCopies = n;
+    this.pump();
+  }
+
+  /** Running and queued copies, by dataset name. */
+  get all(): ReadonlyMap<string, Transfer> {
+    return this.transfers;
+  }
+
+  start(d: Dataset): void {
+    if (this.transfers.has(d.name)) return;
+    this.transfers.set(d.name, {
+      name: d.name,
+      imageFile: d.imageFile,
+      size: d.size,
+      mtimeMs: d.mtimeMs,
+      source: d.imagePath,
+      dest: d.cachePath,
+      tmpPath: tmpPathFor(this.options.cachedir, d.imageFile),
+      state: "queued",
+      abort: new AbortController(),
+      bytesDone: 0,
+    });
+    this.options.logger.info({ dataset: d.name, bytes: d.size }, "copy queued");
+    this.pump();
+  }
+
+  /** Cancels a copy; resolves once its temporary file is gone. */
+  async cancel(name: string, reason: string): Promise<void> {
+    const t = this.transfers.get(name);
+    if (!t) return;
+    this.options.logger.info({ dataset: name, reason }, "copy cancelled");
+    t.abort.abort();
+    if (t.state === "queued") this.transfers.delete(name);
+    await t.done;
+  }
+
+  async cancelAll(reason: string): Promise<void> {
+    await Promise.all([...this.transfers.keys()].map((name) => this.cancel(name, reason)));
+  }
+
+  /** Refresh bytesDone of running copies from their temporary files. */
+  async refreshProgress(): Promise<void> {
+    await Promise.all(
+      [...this.transfers.values()]
+        .filter((t) => t.state === "running")
+        .map(async (t) => {
+          try {
+            t.bytesDone = (await stat(t.tmpPath)).size;
+          } catch {
+            // not created yet, or just renamed
+          }
+        }),
+    );
+  }
+
+  private pump(): void {
+    let running = [...this.transfers.values()].filter((t) => t.state === "running").length;
+    for (const t of this.transfers.values()) {
+      if (running >= this.options.maxCopies) break;
+      if (t.state !== "queued") continue;
+      t.state = "running";
+      t.startedAt = this.now();
+      running++;
+      t.done = this.copy(t).then((outcome) => {
+        this.transfers.delete(t.name);
+        this.options.onSettled(t.name, outcome);
+        this.pump();
+      });
+    }
+  }
+
+  private async copy(t: Transfer): Promise<CopyOutcome> {
+    const log = this.options.logger.child({ dataset: t.name });
+    const started = performance.now();
+    log.info({ source: t.source, bytes: t.size }, "copy started");
+    try {
+      await removeIfPresent(t.tmpPath);
+      await this.options.run(
+        "rsync",
+        ["--inplace", "--times", `--timeout=${RSYNC_IO_TIMEOUT_S}`, "--", t.source, t.tmpPath],
+        { timeoutMs: COPY_TIMEOUT_MS, signal: t.abort.signal },
+      );
+      if (t.abort.signal.aborted) throw new Error("cancelled");
+      await fsyncFile(t.tmpPath);
+      const [copied, image] = await Promise.all([stat(t.tmpPath), stat(t.source)]);
+      if (!sameVersion(image, t)) throw new Error("image changed during the copy");
+      if (!sameVersion(copied, t)) {
+        throw new Error(`copy does not match the image (size ${copied.size} vs ${t.size}, mtime ${copied.mtimeMs} vs ${t.mtimeMs})`);
+      }
+      // Readable by jobs' users through the mount only; never writable by them.
+      await chmod(t.tmpPath, 0o644);
+      if (t.abort.signal.aborted) throw new Error("cancelled");
+      await rename(t.tmpPath, t.dest);
+      await fsyncFile(path.dirname(t.dest));
+      const ms = Math.round(performance.now() - started);
+      log.info({ bytes: t.size, ms, mbps: Number((t.size / MiB / Math.max(ms / 1000, 0.001)).toFixed(1)) }, "copy finished");
+      return { ok: true, bytes: t.size, ms };
+    } catch (err) {
+      const cancelled = t.abort.signal.aborted;
+      await removeIfPresent(t.tmpPath).catch((e: unknown) => log.error({ err: errorMessage(e), file: t.tmpPath }, "cannot remove temporary file"));
+      if (!cancelled) log.error({ err: errorMessage(err), ms: Math.round(performance.now() - started) }, "copy failed");
+      return { ok: false, error: errorMessage(err), cancelled };
+    }
+  }
+}
+
+async function removeIfPresent(file: string): Promise<void> {
+  try {
+    await unlink(file);
+  } catch (err) {
+    if (errnoCode(err) !== "ENOENT") throw err;
+  }
+}
+
+async function fsyncFile(file: string): Promise<void> {
+  const handle = await open(file, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import { runCommand } from "./commands/run.js";
+import { UsageError } from "./errors.js";
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+export function buildProgram(): Command {
+  const program = new Command("scratch_manager")
+    .description("Mount dataset images from shared storage and cache the most read ones on local SSD.")
+    .version(version())
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(str) });
+
+  program
+    .command("run", { isDefault: true })
+    .description("run the daemon (the default command)")
+    .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf, if it exists)")
+    .option("--datadir <dir>", "directory of dataset images (shared, slow storage)")
+    .option("--cachedir <dir>", "directory for cached copies (local, fast storage)")
+    .option("--mountdir <dir>", "directory under which each dataset is mounted at <name>")
+    .option("--capacity <size>", "cache capacity: NMB, NGB, NTB (powers of 1024), bytes, or N% of the cache file system")
+    .option("--period <seconds>", "sliding window of the read statistics (default 1200)")
+    .option("--interval <seconds>", "seconds between two passes of the loop (default 5)")
+    .addOption(new Option("--naming <rule>", "mount name of an image file (default first-dot)").choices(["first-dot", "strip-extension"]))
+    .option("-v, --verbose", "log debug lines too")
+    .action(runCommand);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version end here too, with exit code 0.
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`scratch_manager: ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`scratch_manager: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv);

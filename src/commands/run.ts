@@ -1,0 +1,62 @@
+import { loadConfig, type RawConfig } from "../config.js";
+import { Daemon } from "../daemon.js";
+import { createLogger } from "../log.js";
+import { formatBytes } from "../units.js";
+
+export interface RunFlags {
+  config?: string;
+  datadir?: string;
+  cachedir?: string;
+  mountdir?: string;
+  capacity?: string;
+  period?: string;
+  interval?: string;
+  naming?: string;
+  verbose?: boolean;
+}
+
+/** `scratch_manager [run]`: the daemon. Configuration errors throw UsageError before anything is touched. */
+export async function runCommand(flags: RunFlags): Promise<void> {
+  const raw: RawConfig = {
+    datadir: flags.datadir,
+    cachedir: flags.cachedir,
+    mountdir: flags.mountdir,
+    capacity: flags.capacity,
+    period: flags.period,
+    interval: flags.interval,
+    naming: flags.naming,
+  };
+  const config = await loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
+  const logger = createLogger(config.verbose);
+  // Cache files and mount points are created readable by all, writable by root only.
+  process.umask(0o022);
+  const daemon = new Daemon({ config, logger });
+  logger.info(
+    {
+      datadir: config.datadir,
+      cachedir: config.cachedir,
+      mountdir: config.mountdir,
+      capacity: config.capacity.kind === "bytes" ? formatBytes(config.capacity.bytes) : `${config.capacity.percent}%`,
+      period: config.period,
+      interval: config.interval,
+      naming: config.naming,
+    },
+    "starting",
+  );
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "stopping");
+    void daemon.stop();
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGUSR1", () => daemon.logCacheBytes());
+
+  await daemon.runLoop();
+  await daemon.stop();
+  daemon.logCacheBytes();
+  logger.info("stopped");
+}

@@ -1,0 +1,166 @@
+import { readFile, realpath, stat } from "node:fs/promises";
+import path from "node:path";
+import ini from "ini";
+import { errnoCode, UsageError } from "./errors.js";
+import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
+import { NAMINGS, type Naming } from "./plan/naming.js";
+
+export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
+
+export type Capacity = { kind: "bytes"; bytes: number } | { kind: "percent"; percent: number };
+
+export interface Config {
+  /** Where administrators drop images (shared, slow storage). Real path. */
+  datadir: string;
+  /** Where cached copies live (local SSD). Real path. */
+  cachedir: string;
+  /** Where each dataset is mounted, at mountdir/<name>. Real path. */
+  mountdir: string;
+  capacity: Capacity;
+  /** Sliding window of the throughput statistics, seconds. */
+  period: number;
+  /** Seconds between two ticks of the loop. */
+  interval: number;
+  naming: Naming;
+  verbose: boolean;
+}
+
+/** Raw key/value pairs as they come from the file or the flags, before validation. */
+export type RawConfig = Partial<Record<ConfigKey, string>>;
+
+const KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming"] as const;
+export type ConfigKey = (typeof KEYS)[number];
+
+const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
+
+/** The original's defaults, kept so that existing files work unchanged. */
+const DEFAULTS: RawConfig = { period: "1200", interval: "5", naming: "first-dot" };
+
+function bad(key: string, value: string, forms: string): UsageError {
+  return new UsageError(`config: ${key} = ${JSON.stringify(value)} is not valid; expected ${forms}`);
+}
+
+/** Parse the file format: INI without a section header (the original prepends one). */
+export function parseConfigText(text: string, source: string): RawConfig {
+  const parsed: unknown = ini.parse(text);
+  const raw: RawConfig = {};
+  for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    if (typeof value === "object" && value !== null) {
+      throw new UsageError(`config: ${source}: section [${key}] is not supported; write the keys without a section header`);
+    }
+    if (!(KEYS as readonly string[]).includes(key)) {
+      throw new UsageError(`config: ${source}: unknown key ${JSON.stringify(key)}; known keys are ${KEYS.join(", ")}`);
+    }
+    raw[key as ConfigKey] = String(value).trim();
+  }
+  return raw;
+}
+
+export function parseCapacity(value: string): Capacity {
+  const forms = `${SIZE_FORMS}, or N% of the cache file system (0 < N <= 100)`;
+  const pct = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(value);
+  if (pct) {
+    const percent = Number(pct[1]);
+    if (!(percent > 0 && percent <= 100)) throw bad("capacity", value, forms);
+    return { kind: "percent", percent };
+  }
+  const bytes = parseSize(value);
+  if (bytes === undefined || bytes <= 0) throw bad("capacity", value, forms);
+  return { kind: "bytes", bytes };
+}
+
+function positiveDuration(key: string, value: string): number {
+  const seconds = parseDuration(value);
+  if (seconds === undefined || !(seconds > 0)) throw bad(key, value, `a positive duration: ${DURATION_FORMS}`);
+  return seconds;
+}
+
+/** Validate values (pure: no file system). Directories are checked by resolveDirectories. */
+export function validateConfig(raw: RawConfig, verbose = false): Config {
+  const merged: RawConfig = { ...DEFAULTS, ...raw };
+  for (const key of REQUIRED) {
+    if (merged[key] === undefined || merged[key] === "") {
+      throw new UsageError(`config: missing key ${key}; set it in the config file or with --${key}`);
+    }
+  }
+  const dirs = {} as Record<"datadir" | "cachedir" | "mountdir", string>;
+  for (const key of ["datadir", "cachedir", "mountdir"] as const) {
+    const value = merged[key] as string;
+    if (!path.isAbsolute(value)) throw bad(key, value, "an absolute path to an existing directory");
+    dirs[key] = path.resolve(value);
+  }
+  const naming = merged.naming as string;
+  if (!(NAMINGS as readonly string[]).includes(naming)) throw bad("naming", naming, NAMINGS.join(" or "));
+  return {
+    ...dirs,
+    capacity: parseCapacity(merged.capacity as string),
+    period: positiveDuration("period", merged.period as string),
+    interval: positiveDuration("interval", merged.interval as string),
+    naming: naming as Naming,
+    verbose,
+  };
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
+}
+
+/**
+ * Each directory must exist, and they must not overlap: a cache inside the
+ * data directory would be taken for images, a mount directory inside either
+ * would be listed as files. Paths become real paths, because the kernel
+ * reports loop backing files by their real path.
+ */
+export async function resolveDirectories(config: Config): Promise<Config> {
+  const resolved = { ...config };
+  for (const key of ["datadir", "cachedir", "mountdir"] as const) {
+    const value = config[key];
+    try {
+      const st = await stat(value);
+      if (!st.isDirectory()) throw bad(key, value, "an absolute path to an existing directory");
+      resolved[key] = await realpath(value);
+    } catch (err) {
+      if (err instanceof UsageError) throw err;
+      throw new UsageError(`config: ${key} = ${JSON.stringify(value)} is not usable (${errnoCode(err) ?? String(err)}); expected an absolute path to an existing directory`);
+    }
+  }
+  const keys = ["datadir", "cachedir", "mountdir"] as const;
+  for (const a of keys) {
+    for (const b of keys) {
+      if (a !== b && isInside(resolved[a], resolved[b])) {
+        throw new UsageError(`config: ${a} = ${JSON.stringify(config[a])} overlaps ${b} = ${JSON.stringify(config[b])}; the three directories must be distinct and not nested`);
+      }
+    }
+  }
+  return resolved;
+}
+
+export interface LoadOptions {
+  /** Path given with --config, if any. */
+  configPath?: string;
+  /** Values given as flags; they override the file. */
+  flags: RawConfig;
+  verbose: boolean;
+}
+
+export async function readConfigFile(file: string, required: boolean): Promise<RawConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    if (!required && errnoCode(err) === "ENOENT") return {};
+    throw new UsageError(`config: cannot read ${file} (${errnoCode(err) ?? String(err)}); pass an existing file with --config`);
+  }
+  return parseConfigText(text, file);
+}
+
+/** File (explicit, else the default if it exists) + flags -> validated, resolved Config. */
+export async function loadConfig(options: LoadOptions): Promise<Config> {
+  const fromFile = await readConfigFile(options.configPath ?? DEFAULT_CONFIG_PATH, options.configPath !== undefined);
+  const raw: RawConfig = { ...fromFile };
+  for (const [key, value] of Object.entries(options.flags)) {
+    if (value !== undefined) raw[key as ConfigKey] = value;
+  }
+  return resolveDirectories(validateConfig(raw, options.verbose));
+}

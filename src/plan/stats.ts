@@ -1,0 +1,103 @@
+import path from "node:path";
+import type { Config } from "../config.js";
+import type { Snapshot } from "../observe/snapshot.js";
+import { ThroughputWindow } from "./window.js";
+
+export type Tier = "slow" | "cache";
+
+export interface TierStats {
+  /** Bytes read through this tier since the daemon started watching the dataset. */
+  totalBytes: number;
+  window: ThroughputWindow;
+}
+
+export interface DatasetStats {
+  slow: TierStats;
+  cache: TierStats;
+  /** Last time (ms) either tier was read. */
+  lastReadAt: number;
+}
+
+/**
+ * Per-dataset, per-tier read statistics, fed each tick with the loop devices'
+ * read counters. Counters are tracked per device: a device seen for the first
+ * time after the first tick, re-attached to another file, or whose counter
+ * went backwards (detached and re-attached between ticks) was attached since
+ * the last tick, so all its reads are new; nothing produces a negative rate.
+ */
+export class Stats {
+  private readonly datasets = new Map<string, DatasetStats>();
+  private readonly devices = new Map<string, { backingFile: string; bytes: number }>();
+  private started = false;
+  /** Bytes served from the cache tier since start, including datasets since removed. */
+  cacheBytesServed = 0;
+
+  constructor(private periodMs: number) {}
+
+  setPeriod(periodMs: number): void {
+    this.periodMs = periodMs;
+    for (const d of this.datasets.values()) {
+      d.slow.window.periodMs = periodMs;
+      d.cache.window.periodMs = periodMs;
+    }
+  }
+
+  get(name: string): DatasetStats | undefined {
+    return this.datasets.get(name);
+  }
+
+  rate(name: string): { slow: number; cache: number } {
+    const d = this.datasets.get(name);
+    return d ? { slow: d.slow.window.rate(), cache: d.cache.window.rate() } : { slow: 0, cache: 0 };
+  }
+
+  private ensure(name: string, now: number): DatasetStats {
+    let d = this.datasets.get(name);
+    if (!d) {
+      const tier = (): TierStats => ({ totalBytes: 0, window: new ThroughputWindow(this.periodMs) });
+      d = { slow: tier(), cache: tier(), lastReadAt: now };
+      this.datasets.set(name, d);
+    }
+    return d;
+  }
+
+  /** @param nameOfFile image file name -> dataset name (cached copies share the image's file name). */
+  update(snapshot: Snapshot, config: Config, nameOfFile: ReadonlyMap<string, string>, live: Iterable<string>): void {
+    const now = snapshot.now;
+    const deltas = new Map<string, { slow: number; cache: number }>();
+    const seenDevices = new Set<string>();
+    for (const loop of snapshot.loops.values()) {
+      const bytes = snapshot.readBytes.get(loop.name);
+      if (bytes === undefined) continue;
+      seenDevices.add(loop.name);
+      const prev = this.devices.get(loop.name);
+      this.devices.set(loop.name, { backingFile: loop.backingFile, bytes });
+      let delta: number;
+      if (prev && prev.backingFile === loop.backingFile && bytes >= prev.bytes) delta = bytes - prev.bytes;
+      else if (!this.started) delta = 0; // reads before we started are not in the window
+      else delta = bytes;
+      const dir = path.dirname(loop.backingFile);
+      const tier: Tier | undefined = dir === config.datadir ? "slow" : dir === config.cachedir ? "cache" : undefined;
+      if (tier === "cache") this.cacheBytesServed += delta;
+      const name = nameOfFile.get(path.basename(loop.backingFile));
+      if (!tier || name === undefined || delta === 0) continue;
+      const d = deltas.get(name) ?? { slow: 0, cache: 0 };
+      d[tier] += delta;
+      deltas.set(name, d);
+    }
+    for (const dev of this.devices.keys()) if (!seenDevices.has(dev)) this.devices.delete(dev);
+
+    const liveNames = new Set(live);
+    for (const name of liveNames) {
+      const d = this.ensure(name, now);
+      const delta = deltas.get(name) ?? { slow: 0, cache: 0 };
+      d.slow.totalBytes += delta.slow;
+      d.cache.totalBytes += delta.cache;
+      if (delta.slow + delta.cache > 0) d.lastReadAt = now;
+      d.slow.window.add(now, d.slow.totalBytes);
+      d.cache.window.add(now, d.cache.totalBytes);
+    }
+    for (const name of this.datasets.keys()) if (!liveNames.has(name)) this.datasets.delete(name);
+    this.started = true;
+  }
+}
