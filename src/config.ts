@@ -28,8 +28,8 @@ export interface Config {
 /** Raw key/value pairs as they come from the file or the flags, before validation. */
 export type RawConfig = Partial<Record<ConfigKey, string>>;
 
-const KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming"] as const;
-export type ConfigKey = (typeof KEYS)[number];
+export const CONFIG_KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming"] as const;
+export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
 const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
@@ -40,16 +40,31 @@ function bad(key: string, value: string, forms: string): UsageError {
   return new UsageError(`config: ${key} = ${JSON.stringify(value)} is not valid; expected ${forms}`);
 }
 
+/**
+ * The original read its file with Python's configparser, which also accepts
+ * "key: value" and ignores the case of keys. Rewrite such lines as
+ * "key = value" before `ini` parses them, so that existing files keep working.
+ */
+function normaliseConfigparser(text: string): string {
+  return text
+    .split("\n")
+    .map((line) => {
+      const m = /^(\s*)([^=:;#[\s][^=:]*?)\s*([=:])(.*)$/.exec(line);
+      return m ? `${m[1]}${(m[2] as string).toLowerCase()} =${m[4]}` : line;
+    })
+    .join("\n");
+}
+
 /** Parse the file format: INI without a section header (the original prepends one). */
 export function parseConfigText(text: string, source: string): RawConfig {
-  const parsed: unknown = ini.parse(text);
+  const parsed: unknown = ini.parse(normaliseConfigparser(text));
   const raw: RawConfig = {};
   for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
     if (typeof value === "object" && value !== null) {
       throw new UsageError(`config: ${source}: section [${key}] is not supported; write the keys without a section header`);
     }
-    if (!(KEYS as readonly string[]).includes(key)) {
-      throw new UsageError(`config: ${source}: unknown key ${JSON.stringify(key)}; known keys are ${KEYS.join(", ")}`);
+    if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
+      throw new UsageError(`config: ${source}: unknown key ${JSON.stringify(key)}; known keys are ${CONFIG_KEYS.join(", ")}`);
     }
     raw[key as ConfigKey] = String(value).trim();
   }
@@ -103,7 +118,8 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
 
 function isInside(child: string, parent: string): boolean {
   const rel = path.relative(parent, child);
-  return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
+  // "..cache" is a child named "..cache", not a way out: compare whole segments.
+  return rel === "" || (rel !== ".." && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
 /**

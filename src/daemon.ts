@@ -8,7 +8,8 @@ import { Observer, type ObserveRoots, type Snapshot } from "./observe/snapshot.j
 import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages } from "./plan/layers.js";
-import { capacityBytes, ghostBytes, plan } from "./plan/policy.js";
+import { readLoopAt } from "./observe/loops.js";
+import { admitCopies, capacityBytes, ghostBytes, occupiedBytes, plan } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 
 export interface DaemonOptions {
@@ -92,20 +93,35 @@ export class Daemon {
 
     // 4. Choose what to cache within the budget.
     const ghosts = ghostBytes(snapshot, config);
-    const budgetBytes = Math.max(0, capacityBytes(config.capacity, snapshot.cacheFs.totalBytes) - ghosts);
-    const cached = plan({ datasets: catalog.datasets.values(), rate: (n) => this.stats.rate(n), budgetBytes });
+    const capacity = capacityBytes(config.capacity, snapshot.cacheFs.totalBytes);
+    const budgetBytes = Math.max(0, capacity - ghosts);
+    const rate = (name: string) => this.stats.rate(name);
+    const cached = plan({ datasets: catalog.datasets.values(), rate, budgetBytes });
+    const admitted = admitCopies({
+      candidates: [...catalog.datasets.values()]
+        .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
+        .sort((a, b) => rate(b.name).slow + rate(b.name).cache - (rate(a.name).slow + rate(a.name).cache)),
+      occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
+      capacityBytes: capacity,
+    });
 
     // 5. The difference between what is and what should be.
     const now = snapshot.now;
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
-    const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen });
+    const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted });
     this.reportAll(
       "problem",
       problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
     );
 
     // 6. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
-    const failures = await act(actions, { run: this.run, transfers: this.transfers, logger: this.logger, procRoot: this.roots.proc });
+    const failures = await act(actions, {
+      run: this.run,
+      transfers: this.transfers,
+      logger: this.logger,
+      procRoot: this.roots.proc,
+      onMounted: (target) => this.noteAttached(target),
+    });
     this.updateBackoff(actions, failures.map((f) => f.action), now);
 
     this.previous = snapshot;
@@ -160,6 +176,11 @@ export class Daemon {
 
   logCacheBytes(): void {
     this.logger.info({ bytes: this.stats.cacheBytesServed }, "bytes served from cache");
+  }
+
+  private async noteAttached(target: string): Promise<void> {
+    const loop = await readLoopAt(target, this.roots);
+    if (loop) this.stats.noteAttached(loop.device.name, loop.device.backingFile, loop.readBytes);
   }
 
   private onCopySettled(name: string, outcome: CopyOutcome): void {

@@ -12,6 +12,8 @@ export interface ActContext {
   transfers: TransferPool;
   logger: Logger;
   procRoot: string;
+  /** Called after each mount, so the daemon can read the new loop device's counter before jobs do. */
+  onMounted?: (target: string) => Promise<void>;
 }
 
 export interface ActionFailure {
@@ -60,6 +62,7 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       return;
     case "mount":
       await mountImage(ctx.run, action.fsType, action.source, action.target);
+      await ctx.onMounted?.(action.target);
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
     case "unmount": {
       // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.

@@ -1,6 +1,8 @@
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
+import { readLoopReadCounters } from "./diskstats.js";
+import { readMountinfo, stackAt } from "./mountinfo.js";
 
 export interface LoopDevice {
   /** "loop3" */
@@ -54,4 +56,13 @@ export async function readLoopDevices(sysRoot = "/sys"): Promise<LoopDevice[]> {
     }),
   );
   return devices.filter((d): d is LoopDevice => d !== undefined);
+}
+
+/** The loop device behind the top mount at `target`, with its read counter now; undefined if it is not a loop mount. */
+export async function readLoopAt(target: string, roots: { proc: string; sys: string }): Promise<{ device: LoopDevice; readBytes: number } | undefined> {
+  const [mounts, loops, counters] = await Promise.all([readMountinfo(roots.proc), readLoopDevices(roots.sys), readLoopReadCounters(roots.proc)]);
+  const top = stackAt(mounts, target).at(-1);
+  const device = top && loops.find((l) => l.majorMinor === top.majorMinor);
+  const readBytes = device && counters.get(device.name);
+  return device && readBytes !== undefined ? { device, readBytes } : undefined;
 }

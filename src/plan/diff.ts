@@ -44,6 +44,8 @@ export interface DiffInput {
   transfers: ReadonlyMap<string, TransferInfo>;
   /** Datasets in back-off after a failure: left as they are, like pending ones. */
   frozen: ReadonlySet<string>;
+  /** Chosen datasets whose copy may start this tick (see admitCopies); all of them when absent. */
+  admitted?: ReadonlySet<string>;
 }
 
 interface WantedLayer {
@@ -100,7 +102,7 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
 
     if (d.cache === "stale") actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "stale cached copy" });
     else if (d.cache === "valid" && !wantCache) actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "dropped from cache" });
-    if (wantCache && d.cache !== "valid" && !transfer) actions.push({ kind: "start-copy", key, dataset: d });
+    if (wantCache && d.cache !== "valid" && !transfer && (input.admitted?.has(d.name) ?? true)) actions.push({ kind: "start-copy", key, dataset: d });
   }
 
   // 2. Pending names (image still changing) keep their mounts and copies as they are.

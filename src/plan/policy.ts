@@ -3,6 +3,7 @@ import type { Capacity, Config } from "../config.js";
 import type { Snapshot } from "../observe/snapshot.js";
 import { MiB } from "../units.js";
 import type { Dataset } from "./catalog.js";
+import type { TransferInfo } from "./diff.js";
 import { knapsack } from "./knapsack.js";
 
 /** The original's +1 MiB/s for datasets already cached, so a marginal gain does not cause an eviction. */
@@ -32,6 +33,39 @@ export function ghostBytes(snapshot: Snapshot, config: Config): number {
     if (loop.deleted && path.dirname(loop.backingFile) === config.cachedir) bytes += loop.sizeBytes;
   }
   return bytes;
+}
+
+/**
+ * Bytes the cache holds now: every regular file in cachedir (files about to
+ * be deleted still hold their blocks this tick), except running copies'
+ * temporary files, which are counted at the full size they are growing to.
+ */
+export function occupiedBytes(snapshot: Snapshot, transfers: ReadonlyMap<string, TransferInfo>): number {
+  const temporaries = new Set([...transfers.values()].map((t) => t.tmpPath));
+  let bytes = 0;
+  for (const f of snapshot.cacheFiles) if (f.type === "file" && !temporaries.has(f.path)) bytes += f.size;
+  for (const t of transfers.values()) bytes += t.size;
+  return bytes;
+}
+
+/**
+ * Which of the chosen datasets may start copying now. A copy starts only into
+ * space that is free at this tick: the copies this tick drops are deleted
+ * now, but a reader may hold one open (its space then stays taken, see
+ * ghostBytes), which only the next tick sees. Starting in the same tick as
+ * the eviction could overfill the cache, or copy a dataset only to throw it
+ * away a tick later. Candidates are admitted in the order given (hottest
+ * first); a candidate that does not fit does not block smaller ones.
+ */
+export function admitCopies(input: { candidates: readonly Dataset[]; occupiedBytes: number; capacityBytes: number }): Set<string> {
+  const admitted = new Set<string>();
+  let occupied = input.occupiedBytes;
+  for (const d of input.candidates) {
+    if (occupied + d.size > input.capacityBytes) continue;
+    occupied += d.size;
+    admitted.add(d.name);
+  }
+  return admitted;
 }
 
 export interface PlanInput {

@@ -20,15 +20,16 @@ export interface DatasetStats {
 
 /**
  * Per-dataset, per-tier read statistics, fed each tick with the loop devices'
- * read counters. Counters are tracked per device: a device seen for the first
- * time after the first tick, re-attached to another file, or whose counter
- * went backwards (detached and re-attached between ticks) was attached since
- * the last tick, so all its reads are new; nothing produces a negative rate.
+ * read counters. Counters are tracked per device, and only their increase
+ * between two ticks on the same backing file counts. A device's counter is
+ * not reset when it is detached and attached again (it can start at the
+ * previous user's total), so a device seen for the first time, re-attached to
+ * another file, or whose counter went backwards only sets a new baseline:
+ * at most one tick of reads is missed, and no rate is negative or huge.
  */
 export class Stats {
   private readonly datasets = new Map<string, DatasetStats>();
   private readonly devices = new Map<string, { backingFile: string; bytes: number }>();
-  private started = false;
   /** Bytes served from the cache tier since start, including datasets since removed. */
   cacheBytesServed = 0;
 
@@ -49,6 +50,15 @@ export class Stats {
   rate(name: string): { slow: number; cache: number } {
     const d = this.datasets.get(name);
     return d ? { slow: d.slow.window.rate(), cache: d.cache.window.rate() } : { slow: 0, cache: 0 };
+  }
+
+  /**
+   * A device the daemon has just attached: its counter now is the baseline,
+   * so reads made before the next tick count (else a job's first seconds on
+   * a new mount, or on the cache right after the overmount, would be lost).
+   */
+  noteAttached(device: string, backingFile: string, bytes: number): void {
+    this.devices.set(device, { backingFile, bytes });
   }
 
   private ensure(name: string, now: number): DatasetStats {
@@ -72,10 +82,7 @@ export class Stats {
       seenDevices.add(loop.name);
       const prev = this.devices.get(loop.name);
       this.devices.set(loop.name, { backingFile: loop.backingFile, bytes });
-      let delta: number;
-      if (prev && prev.backingFile === loop.backingFile && bytes >= prev.bytes) delta = bytes - prev.bytes;
-      else if (!this.started) delta = 0; // reads before we started are not in the window
-      else delta = bytes;
+      const delta = prev && prev.backingFile === loop.backingFile && bytes >= prev.bytes ? bytes - prev.bytes : 0;
       const dir = path.dirname(loop.backingFile);
       const tier: Tier | undefined = dir === config.datadir ? "slow" : dir === config.cachedir ? "cache" : undefined;
       if (tier === "cache") this.cacheBytesServed += delta;
@@ -98,6 +105,5 @@ export class Stats {
       d.cache.window.add(now, d.cache.totalBytes);
     }
     for (const name of this.datasets.keys()) if (!liveNames.has(name)) this.datasets.delete(name);
-    this.started = true;
   }
 }

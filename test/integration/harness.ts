@@ -1,0 +1,331 @@
+/**
+ * Integration test harness: real squashfs images, the real daemon, real loop
+ * mounts, inside the private mount namespace that `npm run test:integration`
+ * creates with unshare. It judges with util-linux's own tools (findmnt,
+ * losetup), not with the daemon's parsers.
+ */
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const CLI = fileURLToPath(new URL("../../src/cli.js", import.meta.url));
+
+/** Refuse to run outside a private mount namespace: these tests mount and unmount. */
+export function assertPrivateMountNamespace(): void {
+  if (process.getuid?.() !== 0) throw new Error("integration tests need root (mount, losetup)");
+  const outer = process.env.SM_OUTER_MNT_NS;
+  if (!outer || readlinkSync("/proc/self/ns/mnt") === outer) {
+    throw new Error("integration tests must run in a private mount namespace: use `npm run test:integration` (unshare --mount --propagation private)");
+  }
+}
+
+export interface TestRoot {
+  root: string;
+  data: string;
+  cache: string;
+  mnt: string;
+  work: string;
+}
+
+export function makeTestRoot(label: string): TestRoot {
+  assertPrivateMountNamespace();
+  const root = mkdtempSync(path.join("/tmp", `smtest-${label}-`));
+  const dirs = { root, data: path.join(root, "data"), cache: path.join(root, "cache"), mnt: path.join(root, "mnt"), work: path.join(root, "work") };
+  for (const d of [dirs.data, dirs.cache, dirs.mnt, dirs.work]) mkdirSync(d);
+  return dirs;
+}
+
+/** File name -> content, or a number of random (incompressible) bytes. */
+export type ImageFiles = Record<string, string | Buffer | number>;
+
+let imageCounter = 0;
+
+/**
+ * Build a squashfs (or EROFS) image in `work`, then move it atomically to
+ * `dest` as administrators are told to, with its mtime in the past so the
+ * daemon takes it as stable at first sight.
+ */
+export function makeImage(root: TestRoot, dest: string, files: ImageFiles, options: { kind?: "squashfs" | "erofs"; mtime?: Date } = {}): string {
+  const src = path.join(root.work, `src-${imageCounter++}`);
+  mkdirSync(src, { recursive: true });
+  for (const [name, content] of Object.entries(files)) {
+    const file = path.join(src, name);
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, typeof content === "number" ? randomBytes(content) : content);
+  }
+  const tmp = path.join(root.work, `image-${imageCounter++}`);
+  if (options.kind === "erofs") execFileSync("mkfs.erofs", ["-q", tmp, src], { stdio: "pipe" });
+  else execFileSync("mksquashfs", [src, tmp, "-noappend", "-quiet", "-no-progress", "-noI", "-noD", "-noF", "-noX"], { stdio: "pipe" });
+  rmSync(src, { recursive: true });
+  const mtime = options.mtime ?? new Date(Date.now() - 3600_000);
+  utimesSync(tmp, mtime, mtime);
+  execFileSync("mv", ["-T", tmp, dest]);
+  return dest;
+}
+
+export interface MountRow {
+  id: number;
+  parent: number;
+  target: string;
+  source: string;
+  fstype: string;
+  options: string;
+  "maj:min": string;
+}
+
+export function mountsUnder(prefix: string): MountRow[] {
+  const out = execFileSync("findmnt", ["-J", "-l", "-o", "ID,PARENT,TARGET,SOURCE,FSTYPE,OPTIONS,MAJ:MIN"], { encoding: "utf8" });
+  const rows = (JSON.parse(out) as { filesystems: MountRow[] }).filesystems;
+  return rows.filter((r) => r.target === prefix || r.target.startsWith(prefix + "/"));
+}
+
+/** The stack at one mount point, bottom first (findmnt lists in mountinfo order). */
+export function stackAt(target: string): MountRow[] {
+  return mountsUnder(target).filter((r) => r.target === target);
+}
+
+export interface LoopRow {
+  name: string;
+  "back-file": string | null;
+}
+
+export function loopsBackedUnder(prefix: string): LoopRow[] {
+  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE"], { encoding: "utf8" }).trim();
+  if (out === "") return [];
+  const rows = (JSON.parse(out) as { loopdevices: LoopRow[] }).loopdevices;
+  return rows.filter((r) => (r["back-file"] ?? "").startsWith(prefix + "/"));
+}
+
+/** The backing file of the loop device behind a mount row (from losetup, with " (deleted)" if so). */
+export function backingFileOf(row: MountRow): string | undefined {
+  const dev = path.basename(row.source);
+  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE", `/dev/${dev}`], { encoding: "utf8" }).trim();
+  return (JSON.parse(out) as { loopdevices: LoopRow[] }).loopdevices[0]?.["back-file"] ?? undefined;
+}
+
+/** Bytes read from a block device since it was attached (/proc/diskstats sectors are 512 bytes). */
+export function deviceReadBytes(source: string): number {
+  const dev = path.basename(source);
+  for (const line of readFileSync("/proc/diskstats", "utf8").split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f[2] === dev) return Number(f[5]) * 512;
+  }
+  throw new Error(`${dev} not in /proc/diskstats`);
+}
+
+export async function waitUntil<T>(what: string, probe: () => T | undefined | false, timeoutMs = 20_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export interface LogLine {
+  level: string;
+  msg: string;
+  dataset?: string;
+  [key: string]: unknown;
+}
+
+export interface DaemonOptions {
+  /** Config file text; written to root/scratch_manager.conf. */
+  config?: string;
+  args?: string[];
+  /** Throttle rsync (KiB/s) through a wrapper first in PATH, to catch copies in flight. */
+  copyKBps?: number;
+}
+
+/** The real CLI, as systemd would start it. */
+export class Daemon {
+  readonly child: ChildProcess;
+  readonly logs: LogLine[] = [];
+  stderr = "";
+  private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(readonly root: TestRoot, options: DaemonOptions = {}) {
+    const args = [CLI, ...(options.args ?? [])];
+    if (options.config !== undefined) {
+      const file = path.join(root.root, "scratch_manager.conf");
+      writeFileSync(file, options.config);
+      args.push("--config", file);
+    }
+    const env = { ...process.env };
+    if (options.copyKBps !== undefined) {
+      const bin = path.join(root.root, "bin");
+      mkdirSync(bin, { recursive: true });
+      writeFileSync(path.join(bin, "rsync"), `#!/bin/sh\nexec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"\n`, { mode: 0o755 });
+      env.PATH = `${bin}:${env.PATH ?? ""}`;
+    }
+    this.child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    let buffer = "";
+    this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      buffer += chunk;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        try {
+          this.logs.push(JSON.parse(line) as LogLine);
+        } catch {
+          this.logs.push({ level: "raw", msg: line });
+        }
+      }
+    });
+    this.child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (this.stderr += chunk));
+    this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  static standardConfig(root: TestRoot, extra: Record<string, string | number> = {}): string {
+    const keys: Record<string, string | number> = { datadir: root.data, cachedir: root.cache, mountdir: root.mnt, capacity: "200MB", period: 4, interval: 0.3, ...extra };
+    return Object.entries(keys).map(([k, v]) => `${k} = ${v}`).join("\n") + "\n";
+  }
+
+  static start(root: TestRoot, extra: Record<string, string | number> = {}, options: Omit<DaemonOptions, "config"> = {}): Daemon {
+    return new Daemon(root, { ...options, config: Daemon.standardConfig(root, extra), args: [...(options.args ?? []), "--verbose"] });
+  }
+
+  find(predicate: (l: LogLine) => boolean): LogLine | undefined {
+    return this.logs.find(predicate);
+  }
+
+  async waitForLog(what: string, predicate: (l: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
+    return waitUntil(`log line: ${what}`, () => this.find(predicate), timeoutMs);
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    this.child.kill(sig);
+  }
+
+  async exit(timeoutMs = 20_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`daemon did not exit within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
+    this.signal("SIGTERM");
+    return this.exit();
+  }
+}
+
+function filesUnder(dir: string): string[] {
+  const out = execFileSync("find", [dir, "-type", "f", "-print0"], { encoding: "utf8" });
+  return out.split("\0").filter((f) => f !== "");
+}
+
+/**
+ * Read every file under dir through the mount, dropping its pages afterwards
+ * (dd iflag=nocache), so every call really reads the loop device again.
+ * Returns the bytes read.
+ */
+export function readHard(dir: string): number {
+  let bytes = 0;
+  for (const f of filesUnder(dir)) {
+    execFileSync("dd", [`if=${f}`, "of=/dev/null", "bs=1M", "iflag=nocache", "status=none"]);
+    bytes += statSync(f).size;
+  }
+  return bytes;
+}
+
+const readers = new Set<ChildProcess>();
+
+/** A job that keeps reading a dataset until stopped (or the test root is torn down). */
+export function startReader(dir: string): { stop: () => Promise<void> } {
+  const script = `while :; do find "$1" -type f -exec dd of=/dev/null bs=1M iflag=nocache status=none if={} \\; ; sleep 0.2; done`;
+  const child = spawn("sh", ["-c", script, "reader", dir], { stdio: "ignore" });
+  readers.add(child);
+  return {
+    stop: () =>
+      new Promise<void>((resolve) => {
+        readers.delete(child);
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.on("exit", () => resolve());
+        child.kill("SIGKILL");
+      }),
+  };
+}
+
+async function stopReaders(): Promise<void> {
+  await Promise.all(
+    [...readers].map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          readers.delete(child);
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          child.on("exit", () => resolve());
+          child.kill("SIGKILL");
+        }),
+    ),
+  );
+}
+
+/**
+ * Tear a test root down: unmount what is left under it (top first), then
+ * check that every loop device backed by its files went away with its
+ * mount (autoclear), then remove the files. Returns the leaked loop devices,
+ * which it also detaches, so one failing test does not poison the next.
+ */
+export async function teardown(root: TestRoot, daemon?: Daemon): Promise<LoopRow[]> {
+  await stopReaders();
+  if (daemon) {
+    daemon.signal("SIGKILL");
+    await daemon.exit().catch(() => undefined);
+  }
+  for (const row of mountsUnder(root.root).reverse()) {
+    try {
+      execFileSync("umount", ["--lazy", row.target], { stdio: "pipe" });
+    } catch {
+      // already gone with its parent
+    }
+  }
+  // Autoclear releases a loop device asynchronously after the last umount.
+  let leaked: LoopRow[] = [];
+  try {
+    await waitUntil("loop devices released", () => loopsBackedUnder(root.root).length === 0, 5000);
+  } catch {
+    leaked = loopsBackedUnder(root.root);
+    for (const l of leaked) execFileSync("losetup", ["-d", l.name], { stdio: "pipe" });
+  }
+  rmSync(root.root, { recursive: true, force: true });
+  return leaked;
+}
+
+/** Run a test body with a fresh root; always tear down, and fail if a loop device leaked. */
+export async function withRoot(label: string, body: (root: TestRoot, track: (d: Daemon) => Daemon) => Promise<void>): Promise<void> {
+  const root = makeTestRoot(label);
+  const daemons: Daemon[] = [];
+  let leaked: LoopRow[] = [];
+  try {
+    await body(root, (d) => {
+      daemons.push(d);
+      return d;
+    });
+  } catch (err) {
+    for (const d of daemons) {
+      process.stderr.write(`--- daemon log (${label}) ---\n${d.logs.map((l) => JSON.stringify(l)).join("\n")}\n${d.stderr}\n`);
+    }
+    throw err;
+  } finally {
+    for (const d of daemons.slice(0, -1)) await teardownDaemon(d);
+    leaked = await teardown(root, daemons.at(-1));
+  }
+  if (leaked.length > 0) throw new Error(`loop devices leaked: ${leaked.map((l) => `${l.name} -> ${l["back-file"]}`).join(", ")}`);
+  if (mountsUnder(root.root).length > 0) throw new Error(`mounts left under ${root.root}`);
+}
+
+async function teardownDaemon(d: Daemon): Promise<void> {
+  d.signal("SIGKILL");
+  await d.exit().catch(() => undefined);
+}

@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { mkdir, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { parseBackingFile, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
+import { tempDir } from "./helpers.js";
+
+describe("parseBackingFile: /sys/block/loopN/loop/backing_file", () => {
+  const cases: [string, string, string, boolean][] = [
+    ["a bound file", "/srv/data/coco.sqfs\n", "/srv/data/coco.sqfs", false],
+    ["an unlinked file: the kernel appends ' (deleted)'", "/ssd/cache/coco.sqfs (deleted)\n", "/ssd/cache/coco.sqfs", true],
+    ["' (deleted)' without the final newline", "/ssd/cache/coco.sqfs (deleted)", "/ssd/cache/coco.sqfs", true],
+    ["spaces in the name are kept", "/srv/data/my data.sqfs\n", "/srv/data/my data.sqfs", false],
+    ["' (deleted)' inside the name is not the suffix", "/srv/data/x (deleted).sqfs\n", "/srv/data/x (deleted).sqfs", false],
+    ["a name that ends in ' (deleted)', unlinked", "/srv/data/x (deleted) (deleted)\n", "/srv/data/x (deleted)", true],
+    ["UTF-8", "/srv/data/données.sqfs\n", "/srv/data/données.sqfs", false],
+    ["only one final newline is the kernel's", "/srv/data/odd\n\n", "/srv/data/odd\n", false],
+  ];
+  for (const [title, text, backingFile, deleted] of cases) {
+    test(title, () => assert.deepEqual(parseBackingFile(text), { backingFile, deleted }));
+  }
+});
+
+describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
+  let sys = "";
+  let cleanup: () => Promise<void> = async () => {};
+
+  /** /sys/block/<name> is a symlink to ../devices/virtual/block/<name>, as on a real system. */
+  async function device(name: string, files: Record<string, string>): Promise<void> {
+    const real = path.join(sys, "devices", "virtual", "block", name);
+    await mkdir(real, { recursive: true });
+    for (const [rel, content] of Object.entries(files)) {
+      await mkdir(path.dirname(path.join(real, rel)), { recursive: true });
+      await writeFile(path.join(real, rel), content);
+    }
+    await symlink(path.join("..", "devices", "virtual", "block", name), path.join(sys, "block", name));
+  }
+
+  before(async () => {
+    ({ dir: sys, cleanup } = await tempDir("sm-sys-"));
+    await mkdir(path.join(sys, "block"));
+    await device("loop0", { dev: "7:0\n", size: "2048\n", "loop/backing_file": "/srv/data/coco.sqfs\n" });
+    await device("loop1", { dev: "7:1\n", size: "0\n" }); // unbound: no loop/ directory
+    await device("loop2", { dev: "7:2\n", size: "8\n", "loop/backing_file": "/ssd/cache/old.sqfs (deleted)\n" });
+    await device("loop12", { dev: "7:12\n", size: "16\n", "loop/backing_file": "/srv/data/my data.sqfs\n" });
+    await device("sda", { dev: "8:0\n", size: "100\n", "loop/backing_file": "/not/a/loop\n" });
+    await device("loop-weird", { dev: "1:1\n", size: "1\n", "loop/backing_file": "/not/a/loop\n" });
+  });
+  after(() => cleanup());
+
+  test("bound devices with their backing file, major:minor and size (512-byte sectors); unbound and non-loop devices left out", async () => {
+    const devices = (await readLoopDevices(sys)).sort((a, b) => a.name.localeCompare(b.name));
+    const expected: LoopDevice[] = [
+      { name: "loop0", majorMinor: "7:0", backingFile: "/srv/data/coco.sqfs", deleted: false, sizeBytes: 2048 * 512 },
+      { name: "loop12", majorMinor: "7:12", backingFile: "/srv/data/my data.sqfs", deleted: false, sizeBytes: 16 * 512 },
+      { name: "loop2", majorMinor: "7:2", backingFile: "/ssd/cache/old.sqfs", deleted: true, sizeBytes: 8 * 512 },
+    ];
+    assert.deepEqual(devices, expected);
+  });
+
+  test("an empty block directory gives no devices", async () => {
+    const { dir, cleanup: done } = await tempDir("sm-sys-empty-");
+    try {
+      await mkdir(path.join(dir, "block"));
+      assert.deepEqual(await readLoopDevices(dir), []);
+    } finally {
+      await done();
+    }
+  });
+
+  test("this machine's /sys reads without error", async () => {
+    const devices = await readLoopDevices();
+    for (const d of devices) assert.match(d.name, /^loop\d+$/);
+  });
+});
