@@ -22,19 +22,21 @@ export interface Config {
   /** Seconds between two ticks of the loop. */
   interval: number;
   naming: Naming;
+  /** Seconds a mount or umount may take, and an rsync may go without moving data, before it is cut. */
+  commandTimeout: number;
   verbose: boolean;
 }
 
 /** Raw key/value pairs as they come from the file or the flags, before validation. */
 export type RawConfig = Partial<Record<ConfigKey, string>>;
 
-export const CONFIG_KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming"] as const;
+export const CONFIG_KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming", "command_timeout"] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
 const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
 /** The original's defaults, kept so that existing files work unchanged. */
-const DEFAULTS: RawConfig = { period: "1200", interval: "5", naming: "first-dot" };
+const DEFAULTS: RawConfig = { period: "1200", interval: "5", naming: "first-dot", command_timeout: "60" };
 
 function bad(key: string, value: string, forms: string): UsageError {
   return new UsageError(`config: ${key} = ${JSON.stringify(value)} is not valid; expected ${forms}`);
@@ -112,6 +114,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     period: positiveDuration("period", merged.period as string),
     interval: positiveDuration("interval", merged.interval as string),
     naming: naming as Naming,
+    commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
     verbose,
   };
 }

@@ -9,7 +9,7 @@ import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages } from "./plan/layers.js";
 import { readLoopAt } from "./observe/loops.js";
-import { admitCopies, capacityBytes, ghostBytes, occupiedBytes, plan } from "./plan/policy.js";
+import { admitCopies, capacityBytes, ghostBytes, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 
 export interface DaemonOptions {
@@ -67,7 +67,7 @@ export class Daemon {
     this.stats = new Stats(this.config.period * 1000);
     this.transfers = new TransferPool({
       run: this.run,
-      cachedir: this.config.cachedir,
+      commandTimeoutS: this.config.commandTimeout,
       maxCopies: options.maxCopies ?? 2,
       logger: this.logger,
       clock: this.clock,
@@ -103,6 +103,7 @@ export class Daemon {
         .sort((a, b) => rate(b.name).slow + rate(b.name).cache - (rate(a.name).slow + rate(a.name).cache)),
       occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
       capacityBytes: capacity,
+      writableBytes: writableBytes(snapshot, this.transfers.all),
     });
 
     // 5. The difference between what is and what should be.
@@ -120,6 +121,7 @@ export class Daemon {
       transfers: this.transfers,
       logger: this.logger,
       procRoot: this.roots.proc,
+      commandTimeoutMs: config.commandTimeout * 1000,
       onMounted: (target) => this.noteAttached(target),
     });
     this.updateBackoff(actions, failures.map((f) => f.action), now);

@@ -12,6 +12,8 @@ export interface ActContext {
   transfers: TransferPool;
   logger: Logger;
   procRoot: string;
+  /** A hung mount (a dead NFS server behind the image) is cut after this long. */
+  commandTimeoutMs: number;
   /** Called after each mount, so the daemon can read the new loop device's counter before jobs do. */
   onMounted?: (target: string) => Promise<void>;
 }
@@ -49,8 +51,9 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
   const log = ctx.logger;
   switch (action.kind) {
     case "mkdir":
-      await mkdir(action.path, { mode: 0o755 });
-      return void log.debug({ path: action.path }, "created mount point");
+      // Already there after a failed mount or a restart: that is fine (recursive: no EEXIST).
+      await mkdir(action.path, { mode: 0o755, recursive: true });
+      return void log.debug({ dataset: action.dataset, path: action.path }, "created mount point");
     case "rmdir":
       try {
         await rmdir(action.path);
@@ -61,14 +64,14 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       }
       return;
     case "mount":
-      await mountImage(ctx.run, action.fsType, action.source, action.target);
+      await mountImage(ctx.run, action.fsType, action.source, action.target, ctx.commandTimeoutMs);
       await ctx.onMounted?.(action.target);
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
     case "unmount": {
       // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.
       const top = stackAt(await readMountinfo(ctx.procRoot), action.target).at(-1);
       if (top?.mountId !== action.mountId) throw new Error(`mount ${action.mountId} is no longer the top of ${action.target}; skipped`);
-      await lazyUnmount(ctx.run, action.target);
+      await lazyUnmount(ctx.run, action.target, ctx.commandTimeoutMs);
       return void log.info({ dataset: action.dataset, tier: action.tier, target: action.target, reason: action.reason }, "unmounted");
     }
     case "delete-file":

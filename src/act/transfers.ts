@@ -7,16 +7,8 @@ import type { TransferInfo } from "../plan/diff.js";
 import { MiB } from "../units.js";
 import type { Runner } from "./exec.js";
 
-/** rsync gives up when no data moves for this long (a dead NFS server): the copy fails and is retried with back-off. */
-const RSYNC_IO_TIMEOUT_S = 120;
+/** A copy may be long (terabytes over NFS); a stalled one is cut by rsync's own I/O timeout (commandTimeoutS). */
 const COPY_TIMEOUT_MS = 48 * 3600 * 1000;
-
-export const TMP_PREFIX = ".scratch_manager.";
-export const TMP_SUFFIX = ".partial";
-
-export function tmpPathFor(cachedir: string, imageFile: string): string {
-  return path.join(cachedir, `${TMP_PREFIX}${imageFile}${TMP_SUFFIX}`);
-}
 
 export interface Transfer extends TransferInfo {
   state: "queued" | "running";
@@ -33,8 +25,9 @@ export type CopyOutcome = { ok: true; bytes: number; ms: number } | { ok: false;
 
 export interface TransferPoolOptions {
   run: Runner;
-  cachedir: string;
   maxCopies: number;
+  /** rsync gives up when no data moves for this long (a dead NFS server): the copy fails and is retried with back-off. */
+  commandTimeoutS: number;
   logger: Logger;
   /** Called when a copy ends, whatever the outcome; the daemon wakes its loop to mount the copy. */
   onSettled: (name: string, outcome: CopyOutcome) => void;
@@ -75,7 +68,7 @@ export class TransferPool {
       mtimeMs: d.mtimeMs,
       source: d.imagePath,
       dest: d.cachePath,
-      tmpPath: tmpPathFor(this.options.cachedir, d.imageFile),
+      tmpPath: d.tmpPath,
       state: "queued",
       abort: new AbortController(),
       bytesDone: 0,
@@ -137,7 +130,7 @@ export class TransferPool {
       await removeIfPresent(t.tmpPath);
       await this.options.run(
         "rsync",
-        ["--inplace", "--times", `--timeout=${RSYNC_IO_TIMEOUT_S}`, "--", t.source, t.tmpPath],
+        ["--inplace", "--times", `--timeout=${Math.max(1, Math.round(this.options.commandTimeoutS))}`, "--", t.source, t.tmpPath],
         { timeoutMs: COPY_TIMEOUT_MS, signal: t.abort.signal },
       );
       if (t.abort.signal.aborted) throw new Error("cancelled");

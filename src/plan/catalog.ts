@@ -14,6 +14,8 @@ export interface Dataset {
   mountPoint: string;
   /** Where its cached copy lives: cachedir/<image file name>, as in the original. */
   cachePath: string;
+  /** Where a copy is written before it is verified and renamed to cachePath. */
+  tmpPath: string;
   /** The cached copy, if any: valid when size and mtime (to the second) match the image. */
   cache: "none" | "valid" | "stale";
 }
@@ -34,6 +36,15 @@ export interface Catalog {
   refusals: Refusal[];
   /** Image file name -> dataset name, for every image with a valid name (to attribute loop devices). */
   nameOfFile: Map<string, string>;
+}
+
+/**
+ * A copy in progress is a hidden file of cachedir: hidden so that no tool
+ * takes it for a finished copy; it belongs to no image, so the clean-up of
+ * cachedir removes one left by a crash.
+ */
+export function tmpPathFor(cachedir: string, imageFile: string): string {
+  return path.join(cachedir, `.scratch_manager.${imageFile}.partial`);
 }
 
 /** rsync -t and the original compare mtimes to the second; sub-second precision varies between file systems. */
@@ -108,7 +119,8 @@ export function catalogue(snapshot: Snapshot, previous: Snapshot | undefined, co
 
   const datasets = new Map<string, Dataset>();
   for (const [name, entries] of candidates) {
-    const winner = entries.find((e) => mountedImages.has(e.path)) ?? entries[0];
+    // Byte order of the names, not the listing's order nor the locale's.
+    const winner = entries.find((e) => mountedImages.has(e.path)) ?? [...entries].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))[0];
     if (!winner) continue;
     for (const loser of entries) {
       if (loser === winner) continue;
@@ -118,7 +130,8 @@ export function catalogue(snapshot: Snapshot, previous: Snapshot | undefined, co
         signature: `conflict:${winner.file}:${loser.ino}:${loser.size}:${loser.mtimeMs}`,
       });
     }
-    if (pending.has(name)) continue;
+    // A stable image holds the name even while another file of that name is still being written.
+    pending.delete(name);
     const probe = snapshot.probes.get(winner.file);
     const cached = cacheByFile.get(winner.file);
     datasets.set(name, {
@@ -130,6 +143,7 @@ export function catalogue(snapshot: Snapshot, previous: Snapshot | undefined, co
       mtimeMs: winner.mtimeMs,
       mountPoint: path.join(config.mountdir, name),
       cachePath: path.join(config.cachedir, winner.file),
+      tmpPath: tmpPathFor(config.cachedir, winner.file),
       cache: !cached || cached.type !== "file" ? "none" : sameVersion(cached, winner) ? "valid" : "stale",
     });
   }

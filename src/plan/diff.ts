@@ -19,7 +19,7 @@ export interface TransferInfo {
  * other keys go on.
  */
 export type Action =
-  | { kind: "mkdir"; key: string; path: string }
+  | { kind: "mkdir"; key: string; dataset: string; path: string }
   | { kind: "mount"; key: string; dataset: string; tier: "slow" | "cache"; source: string; target: string; fsType: string }
   | { kind: "unmount"; key: string; dataset: string; tier: Layer["tier"]; target: string; mountId: number; reason: string }
   | { kind: "rmdir"; key: string; path: string }
@@ -94,7 +94,7 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
       const reason = layer.deleted ? "backing file deleted or replaced" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
       actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, reason });
     }
-    if (stack.length === 0) actions.push({ kind: "mkdir", key, path: key });
+    if (stack.length === 0) actions.push({ kind: "mkdir", key, dataset: d.name, path: key });
     for (let j = keep; j < wanted.length; j++) {
       const w = wanted[j] as WantedLayer;
       actions.push({ kind: "mount", key, dataset: d.name, tier: w.tier, source: w.source, target: key, fsType: d.kind });
@@ -102,7 +102,11 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
 
     if (d.cache === "stale") actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "stale cached copy" });
     else if (d.cache === "valid" && !wantCache) actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "dropped from cache" });
-    if (wantCache && d.cache !== "valid" && !transfer && (input.admitted?.has(d.name) ?? true)) actions.push({ kind: "start-copy", key, dataset: d });
+    if (wantCache && d.cache !== "valid" && !transfer && (input.admitted?.has(d.name) ?? true)) {
+      // The copy removes a temporary file left by a crash itself; deleting it here too would race with it.
+      keepFiles.add(d.tmpPath);
+      actions.push({ kind: "start-copy", key, dataset: d });
+    }
   }
 
   // 2. Pending names (image still changing) keep their mounts and copies as they are.
@@ -147,8 +151,8 @@ export function actionDataset(a: Action): string | undefined {
     case "unmount":
     case "cancel-copy":
     case "delete-file":
-      return a.dataset;
     case "mkdir":
+      return a.dataset;
     case "rmdir":
       return undefined;
   }

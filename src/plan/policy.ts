@@ -49,6 +49,18 @@ export function occupiedBytes(snapshot: Snapshot, transfers: ReadonlyMap<string,
 }
 
 /**
+ * Free bytes of the cache file system that no running copy will take: other
+ * programs' files count too, so a copy that cannot fit is not started only
+ * to fail with ENOSPC.
+ */
+export function writableBytes(snapshot: Snapshot, transfers: ReadonlyMap<string, TransferInfo>): number {
+  const written = new Map(snapshot.cacheFiles.map((f) => [f.path, f.size]));
+  let toWrite = 0;
+  for (const t of transfers.values()) toWrite += Math.max(0, t.size - (written.get(t.tmpPath) ?? 0));
+  return snapshot.cacheFs.freeBytes - toWrite;
+}
+
+/**
  * Which of the chosen datasets may start copying now. A copy starts only into
  * space that is free at this tick: the copies this tick drops are deleted
  * now, but a reader may hold one open (its space then stays taken, see
@@ -57,12 +69,14 @@ export function occupiedBytes(snapshot: Snapshot, transfers: ReadonlyMap<string,
  * away a tick later. Candidates are admitted in the order given (hottest
  * first); a candidate that does not fit does not block smaller ones.
  */
-export function admitCopies(input: { candidates: readonly Dataset[]; occupiedBytes: number; capacityBytes: number }): Set<string> {
+export function admitCopies(input: { candidates: readonly Dataset[]; occupiedBytes: number; capacityBytes: number; writableBytes: number }): Set<string> {
   const admitted = new Set<string>();
   let occupied = input.occupiedBytes;
+  let writable = input.writableBytes;
   for (const d of input.candidates) {
-    if (occupied + d.size > input.capacityBytes) continue;
+    if (occupied + d.size > input.capacityBytes || d.size > writable) continue;
     occupied += d.size;
+    writable -= d.size;
     admitted.add(d.name);
   }
   return admitted;

@@ -47,7 +47,16 @@ let imageCounter = 0;
  * `dest` as administrators are told to, with its mtime in the past so the
  * daemon takes it as stable at first sight.
  */
-export function makeImage(root: TestRoot, dest: string, files: ImageFiles, options: { kind?: "squashfs" | "erofs"; mtime?: Date } = {}): string {
+export interface ImageOptions {
+  kind?: "squashfs" | "erofs";
+  mtime?: Date;
+  /** Runs on the source directory before the image is built (set modes, copy binaries). */
+  prepare?: (srcDir: string) => void;
+  /** Extra mksquashfs arguments (e.g. -p pseudo-file definitions). */
+  mksquashfsArgs?: string[];
+}
+
+export function makeImage(root: TestRoot, dest: string, files: ImageFiles, options: ImageOptions = {}): string {
   const src = path.join(root.work, `src-${imageCounter++}`);
   mkdirSync(src, { recursive: true });
   for (const [name, content] of Object.entries(files)) {
@@ -55,9 +64,10 @@ export function makeImage(root: TestRoot, dest: string, files: ImageFiles, optio
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, typeof content === "number" ? randomBytes(content) : content);
   }
+  options.prepare?.(src);
   const tmp = path.join(root.work, `image-${imageCounter++}`);
-  if (options.kind === "erofs") execFileSync("mkfs.erofs", ["-q", tmp, src], { stdio: "pipe" });
-  else execFileSync("mksquashfs", [src, tmp, "-noappend", "-quiet", "-no-progress", "-noI", "-noD", "-noF", "-noX"], { stdio: "pipe" });
+  if (options.kind === "erofs") execFileSync("mkfs.erofs", ["--quiet", tmp, src], { stdio: "pipe" });
+  else execFileSync("mksquashfs", [src, tmp, "-noappend", "-quiet", "-no-progress", "-noI", "-noD", "-noF", "-noX", ...(options.mksquashfsArgs ?? [])], { stdio: "pipe" });
   rmSync(src, { recursive: true });
   const mtime = options.mtime ?? new Date(Date.now() - 3600_000);
   utimesSync(tmp, mtime, mtime);
@@ -138,6 +148,8 @@ export interface DaemonOptions {
   args?: string[];
   /** Throttle rsync (KiB/s) through a wrapper first in PATH, to catch copies in flight. */
   copyKBps?: number;
+  /** Programs to put first in PATH: name -> sh script body (after #!/bin/sh), e.g. a mount that fails. */
+  bin?: Record<string, string>;
 }
 
 /** The real CLI, as systemd would start it. */
@@ -155,10 +167,12 @@ export class Daemon {
       args.push("--config", file);
     }
     const env = { ...process.env };
-    if (options.copyKBps !== undefined) {
+    const wrappers = { ...options.bin };
+    if (options.copyKBps !== undefined) wrappers.rsync = `exec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"`;
+    if (Object.keys(wrappers).length > 0) {
       const bin = path.join(root.root, "bin");
       mkdirSync(bin, { recursive: true });
-      writeFileSync(path.join(bin, "rsync"), `#!/bin/sh\nexec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"\n`, { mode: 0o755 });
+      for (const [name, body] of Object.entries(wrappers)) writeFileSync(path.join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
       env.PATH = `${bin}:${env.PATH ?? ""}`;
     }
     this.child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });

@@ -39,6 +39,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     period: 1200,
     interval: 5,
     naming: "first-dot",
+    commandTimeout: 60,
     verbose: false,
     ...over,
   };
@@ -98,6 +99,7 @@ export function dataset(name: string, o: Partial<Dataset> = {}): Dataset {
     mtimeMs: 1_700_000_000_000,
     mountPoint: path.join(MNT, name),
     cachePath: path.join(CACHE, imageFile),
+    tmpPath: path.join(CACHE, `.scratch_manager.${imageFile}.partial`),
     cache: "none",
     ...o,
   };

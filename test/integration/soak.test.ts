@@ -1,0 +1,78 @@
+/** Issue 3, soak: images added, replaced, removed and read over hundreds of ticks; the end state is exact. */
+import assert from "node:assert/strict";
+import { copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, utimesSync } from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { backingFileOf, Daemon, loopsBackedUnder, makeImage, mountsUnder, stackAt, startReader, waitUntil, withRoot, type MountRow } from "./harness.js";
+import { prng } from "../unit/helpers.js";
+
+const KB = 1024;
+const NAMES = ["alpha", "beta", "gamma", "delta", "eps"];
+const STEPS = 400;
+
+test("churn: several hundred ticks of adds, replaces, removes and reads end with exactly the mounts and cache files the final state calls for", async (t) => {
+  await withRoot("soak", async (root, track) => {
+    // Two versions of each image, built once; placing one is a copy and an atomic rename.
+    const versions = new Map<string, string[]>();
+    for (const name of NAMES) {
+      versions.set(
+        name,
+        [1, 2].map((v) => makeImage(root, path.join(root.work, `${name}.v${v}.sqfs`), { "data.bin": (200 + 100 * v) * KB, "v.txt": `${name} v${v}` })),
+      );
+    }
+    const rand = prng(42);
+    const d = track(Daemon.start(root, { capacity: "1MB", interval: 0.05, period: 1 }));
+    const readers = new Map<string, { stop: () => Promise<void> }>();
+    let placed = 0;
+    const place = (name: string) => {
+      const v = versions.get(name)?.[Math.floor(rand() * 2)] as string;
+      const tmp = path.join(root.work, `.placing-${placed++}`);
+      copyFileSync(v, tmp);
+      const old = new Date(Date.now() - 3600_000 - placed * 1000);
+      utimesSync(tmp, old, old);
+      renameSync(tmp, path.join(root.data, `${name}.sqfs`));
+    };
+    const started = Date.now();
+    for (let step = 0; step < STEPS; step++) {
+      const name = NAMES[Math.floor(rand() * NAMES.length)] as string;
+      const present = existsSync(path.join(root.data, `${name}.sqfs`));
+      const r = rand();
+      if (!present || r < 0.3) place(name);
+      else if (r < 0.45) rmSync(path.join(root.data, `${name}.sqfs`));
+      else if (readers.has(name)) {
+        await readers.get(name)?.stop();
+        readers.delete(name);
+      } else readers.set(name, startReader(path.join(root.mnt, name)));
+      await new Promise((res) => setTimeout(res, 40));
+    }
+    await Promise.all([...readers.values()].map((r) => r.stop()));
+    const churnMs = Date.now() - started;
+    const churnTicks = d.logs.filter((l) => l.msg === "tick").length;
+    const rssKiB = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${d.child.pid}/status`, "utf8"))?.[1]);
+
+    const images = readdirSync(root.data).sort();
+    const wanted = images.map((f) => f.replace(/\..*$/, ""));
+    const settled = () => {
+      const mountNames = readdirSync(root.mnt).sort();
+      if (JSON.stringify(mountNames) !== JSON.stringify(wanted)) return false;
+      if (readdirSync(root.cache).some((f) => f.endsWith(".partial") || !images.includes(f))) return false;
+      for (const name of wanted) {
+        const stack = stackAt(path.join(root.mnt, name));
+        if (stack.length < 1 || backingFileOf(stack[0] as MountRow) !== path.join(root.data, `${name}.sqfs`)) return false;
+        if (stack.length === 2 && backingFileOf(stack[1] as MountRow) !== path.join(root.cache, `${name}.sqfs`)) return false;
+        if (stack.length > 2) return false;
+      }
+      return loopsBackedUnder(root.root).length === mountsUnder(root.root).length;
+    };
+    await waitUntil("the final state", settled, 30_000);
+    for (const name of wanted) {
+      const expected = readFileSync(path.join(root.data, `${name}.sqfs`)).equals(readFileSync(versions.get(name)?.[0] as string)) ? `${name} v1` : `${name} v2`;
+      assert.equal(readFileSync(path.join(root.mnt, name, "v.txt"), "utf8"), expected, `${name} serves the image now in datadir`);
+    }
+    const cacheBytes = readdirSync(root.cache).reduce((s, f) => s + readFileSync(path.join(root.cache, f)).length, 0);
+    assert.ok(cacheBytes <= 1024 * KB, `cache holds ${cacheBytes} bytes, capacity 1 MiB`);
+    assert.equal(d.child.exitCode, null, "the daemon survived");
+    assert.equal(d.logs.filter((l) => l.msg === "tick failed").length, 0, "no tick failed");
+    t.diagnostic(`soak: ${STEPS} operations in ${churnMs} ms over ${churnTicks} ticks; daemon peak RSS ${(rssKiB / 1024).toFixed(1)} MiB; final: ${wanted.length} datasets, ${readdirSync(root.cache).length} cached`);
+  });
+});

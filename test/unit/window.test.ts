@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { ThroughputWindow } from "../../src/plan/window.js";
+
+const SECOND = 1000;
+const MB = 1_000_000;
+
+/** Feed `w` one sample every `step` ms from `from` to `to` (inclusive), the counter given by `bytesAt(t)`. */
+function feed(w: ThroughputWindow, from: number, to: number, step: number, bytesAt: (t: number) => number): void {
+  for (let t = from; t <= to; t += step) w.add(t, bytesAt(t));
+}
+
+describe("ThroughputWindow: bytes read over the sliding window", () => {
+  test("no sample, or a single one, reads as 0 B/s", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    assert.equal(w.rate(), 0);
+    assert.equal(w.bytesInWindow(), 0);
+    w.add(0, 123 * MB);
+    assert.equal(w.rate(), 0, "one sample is only a baseline");
+    assert.equal(w.bytesInWindow(), 0);
+  });
+
+  test("a steady reader is rated at its read rate", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    // 1 MB/s for 200 s, sampled every 5 s like the daemon's tick.
+    feed(w, 0, 200 * SECOND, 5 * SECOND, (t) => (t / SECOND) * MB);
+    assert.equal(w.rate(), MB);
+  });
+
+  test("the rate is over the window, not since the first sample", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    // 10 MB/s for the first 100 s, then 1 MB/s for 100 s: only the last minute counts.
+    feed(w, 0, 200 * SECOND, 5 * SECOND, (t) => (t <= 100 * SECOND ? 10 * t : 1000 * SECOND + (t - 100 * SECOND)) * (MB / SECOND));
+    // Baseline: the last sample older than the window (t = 135 s), 65 s before the last one.
+    assert.equal(w.rate(), MB);
+  });
+
+  test("half-window floor: a dataset seen for 5 s is rated over half the window, not over 5 s", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    w.add(0, 0);
+    w.add(5 * SECOND, 100 * MB);
+    assert.equal(w.rate(), (100 * MB) / 30, "100 MB over max(5 s, 30 s)");
+    assert.ok(w.rate() < (100 * MB) / 5, "not over-rated");
+  });
+
+  test("between half and the whole window, the elapsed time is the divisor", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    w.add(0, 0);
+    w.add(45 * SECOND, 90 * MB);
+    assert.equal(w.rate(), 2 * MB);
+  });
+
+  test("the half-window floor follows the window length", () => {
+    const w = new ThroughputWindow(1200 * SECOND);
+    w.add(0, 0);
+    w.add(5 * SECOND, 600 * MB);
+    assert.equal(w.rate(), MB, "600 MB over 600 s");
+  });
+
+  test("a burst older than the window is forgotten", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    w.add(0, 0);
+    w.add(5 * SECOND, 500 * MB);
+    assert.ok(w.rate() > 0);
+    feed(w, 10 * SECOND, 200 * SECOND, 5 * SECOND, () => 500 * MB);
+    assert.equal(w.rate(), 0);
+    assert.equal(w.bytesInWindow(), 0);
+  });
+
+  test("a burst partly out of the window: only what was read since the baseline counts", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    feed(w, 0, 100 * SECOND, 5 * SECOND, () => 0);
+    w.add(105 * SECOND, 300 * MB); // in the window
+    feed(w, 110 * SECOND, 140 * SECOND, 5 * SECOND, () => 300 * MB);
+    // last = 140 s, window starts at 80 s, baseline = 75 s (0 bytes): 300 MB over 65 s.
+    assert.equal(w.rate(), (300 * MB) / 65);
+    feed(w, 145 * SECOND, 170 * SECOND, 5 * SECOND, () => 300 * MB);
+    // last = 170 s, window starts at 110 s, baseline = 105 s: the burst is before it.
+    assert.equal(w.rate(), 0);
+  });
+
+  test("a long gap between samples is divided by the real elapsed time, so it is not over-rated", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    w.add(0, 0);
+    w.add(200 * SECOND, 200 * MB);
+    assert.equal(w.rate(), MB);
+  });
+
+  test("old samples are dropped: memory stays bounded on a long run", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    feed(w, 0, 24 * 3600 * SECOND, 5 * SECOND, (t) => t);
+    const samples: unknown = Reflect.get(w, "samples");
+    assert.ok(Array.isArray(samples));
+    // 60 s / 5 s = 12 samples in the window, plus the baseline before it.
+    assert.ok(samples.length <= 14, `kept ${samples.length} samples`);
+    assert.equal(w.rate(), 1000, "one byte per millisecond");
+  });
+
+  test("bytesInWindow counts the reads since the baseline", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    feed(w, 0, 200 * SECOND, 5 * SECOND, (t) => (t / SECOND) * MB);
+    assert.equal(w.bytesInWindow(), 65 * MB);
+  });
+
+  test("shortening periodMs narrows the window at once", () => {
+    const w = new ThroughputWindow(60 * SECOND);
+    // Idle until 100 s, then 2 MB/s until 120 s.
+    feed(w, 0, 120 * SECOND, 5 * SECOND, (t) => Math.max(0, t - 100 * SECOND) * ((2 * MB) / SECOND));
+    assert.equal(w.rate(), (40 * MB) / 65, "60 s window: baseline at 55 s");
+    w.periodMs = 20 * SECOND;
+    assert.equal(w.rate(), (40 * MB) / 25, "20 s window: baseline at 95 s");
+  });
+});
