@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
+import { pinCommand, unpinCommand } from "./commands/pin.js";
 import { runCommand } from "./commands/run.js";
+import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
 
 function version(): string {
@@ -29,6 +31,34 @@ export function buildProgram(): Command {
     .addOption(new Option("--naming <rule>", "mount name of an image file (default first-dot)").choices(["first-dot", "strip-extension"]))
     .option("-v, --verbose", "log debug lines too")
     .action(runCommand);
+
+  program
+    .command("status")
+    .description("show every dataset, its state and throughput, and the cache's use (any user)")
+    .option("--json", "print the report as JSON, for scripts")
+    .option("-c, --config <file>", "configuration file, for runtime_dir")
+    .option("--runtime-dir <dir>", "where the daemon writes status.json (default: runtime_dir of the config)")
+    .action(statusCommand);
+
+  program
+    .command("pin")
+    .description("keep datasets in the cache whatever their use; with no NAME, list the pins")
+    .argument("[names...]", "dataset names (as under mountdir)")
+    .option("--for <duration>", "the pin ends by itself after this long (e.g. 4h, 90m)")
+    .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin", "admin")
+    .option("-c, --config <file>", "configuration file, for state_dir")
+    .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
+    .action(pinCommand);
+
+  program
+    .command("unpin")
+    .description("remove pins")
+    .argument("<names...>", "dataset names")
+    .option("--owner <id>", "remove this owner's pin", "admin")
+    .option("--all", "remove every owner's pin of these datasets")
+    .option("-c, --config <file>", "configuration file, for state_dir")
+    .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
+    .action(unpinCommand);
   return program;
 }
 

@@ -3,7 +3,7 @@ import path from "node:path";
 import ini from "ini";
 import { errnoCode, UsageError } from "./errors.js";
 import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
-import { NAMINGS, type Naming } from "./plan/naming.js";
+import { NAMINGS, validName, type Naming } from "./plan/naming.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
 
@@ -24,19 +24,68 @@ export interface Config {
   naming: Naming;
   /** Seconds a mount or umount may take, and an rsync may go without moving data, before it is cut. */
   commandTimeout: number;
+  /** Datasets always cached (if they fit) and never evicted. */
+  pins: string[];
+  /** Where run-time pins are kept (scratch_manager pin). */
+  stateDir: string;
+  /** Where the status file is written each tick. */
+  runtimeDir: string;
+  /** Seconds a cached dataset may go unread before it is evicted; 0: never (the original's behaviour). */
+  maxIdle: number;
+  /** Bytes of the cache file system the cache never fills, counting other programs' files. */
+  keepFree: Capacity;
+  /** Bytes per second of each copy; 0: unlimited. */
+  copyBwlimit: number;
+  maxCopies: number;
+  /** Prometheus text file for node_exporter's textfile collector, if set. */
+  metricsFile?: string;
+  /** host:port of the HTTP metrics endpoint, if set. */
+  metricsListen?: { host: string; port: number };
   verbose: boolean;
 }
 
 /** Raw key/value pairs as they come from the file or the flags, before validation. */
 export type RawConfig = Partial<Record<ConfigKey, string>>;
 
-export const CONFIG_KEYS = ["datadir", "cachedir", "mountdir", "capacity", "period", "interval", "naming", "command_timeout"] as const;
+export const CONFIG_KEYS = [
+  "datadir",
+  "cachedir",
+  "mountdir",
+  "capacity",
+  "period",
+  "interval",
+  "naming",
+  "command_timeout",
+  "pin",
+  "state_dir",
+  "runtime_dir",
+  "max_idle",
+  "keep_free",
+  "copy_bwlimit",
+  "max_copies",
+  "metrics_file",
+  "metrics_listen",
+] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
 const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
 /** The original's defaults, kept so that existing files work unchanged. */
-const DEFAULTS: RawConfig = { period: "1200", interval: "5", naming: "first-dot", command_timeout: "60" };
+const DEFAULTS: RawConfig = {
+  period: "1200",
+  interval: "5",
+  naming: "first-dot",
+  command_timeout: "60",
+  pin: "",
+  state_dir: "/var/lib/scratch_manager",
+  runtime_dir: "/run/scratch_manager",
+  max_idle: "0",
+  keep_free: "0",
+  copy_bwlimit: "0",
+  max_copies: "2",
+  metrics_file: "",
+  metrics_listen: "",
+};
 
 function bad(key: string, value: string, forms: string): UsageError {
   return new UsageError(`config: ${key} = ${JSON.stringify(value)} is not valid; expected ${forms}`);
@@ -115,8 +164,72 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     interval: positiveDuration("interval", merged.interval as string),
     naming: naming as Naming,
     commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
+    pins: parsePins(merged.pin as string),
+    stateDir: absolutePath("state_dir", merged.state_dir as string),
+    runtimeDir: absolutePath("runtime_dir", merged.runtime_dir as string),
+    maxIdle: nonNegativeDuration("max_idle", merged.max_idle as string),
+    keepFree: parseKeepFree(merged.keep_free as string),
+    copyBwlimit: parseRate("copy_bwlimit", merged.copy_bwlimit as string),
+    maxCopies: parseCount("max_copies", merged.max_copies as string),
+    metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
+    metricsListen: merged.metrics_listen ? parseListen(merged.metrics_listen) : undefined,
     verbose,
   };
+}
+
+function absolutePath(key: string, value: string): string {
+  if (!path.isAbsolute(value)) throw bad(key, value, "an absolute path");
+  return path.resolve(value);
+}
+
+function nonNegativeDuration(key: string, value: string): number {
+  const seconds = parseDuration(value);
+  if (seconds === undefined || !(seconds >= 0)) throw bad(key, value, `0 (off) or a duration: ${DURATION_FORMS}`);
+  return seconds;
+}
+
+/** Names as the daemon mounts them (mountdir/<name>), comma- or space-separated. */
+export function parsePins(value: string): string[] {
+  const names = value.split(/[,\s]+/).filter((n) => n !== "");
+  for (const name of names) {
+    const invalid = validName(name);
+    if (invalid) throw bad("pin", value, `dataset names separated by commas (${JSON.stringify(name)}: ${invalid})`);
+  }
+  return [...new Set(names)];
+}
+
+function parseKeepFree(value: string): Capacity {
+  const pct = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(value);
+  if (pct) {
+    const percent = Number(pct[1]);
+    if (!(percent >= 0 && percent < 100)) throw bad("keep_free", value, `${SIZE_FORMS}, or N% of the cache file system (0 <= N < 100)`);
+    return { kind: "percent", percent };
+  }
+  const bytes = parseSize(value);
+  if (bytes === undefined) throw bad("keep_free", value, `0, ${SIZE_FORMS}, or N% of the cache file system`);
+  return { kind: "bytes", bytes };
+}
+
+/** A rate per second: "200MB" or "200MB/s"; 0 for unlimited. */
+function parseRate(key: string, value: string): number {
+  const bytes = parseSize(value.replace(/\/s\s*$/i, ""));
+  if (bytes === undefined) throw bad(key, value, `0 (unlimited) or bytes per second: ${SIZE_FORMS}, e.g. 200MB`);
+  return bytes;
+}
+
+function parseCount(key: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw bad(key, value, "a whole number from 1 to 64");
+  return n;
+}
+
+/** Only an address of this machine: metrics are served to node_exporter or a local agent, not the network. */
+export function parseListen(value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([\w.-]+)):(\d{1,5})$/.exec(value.trim());
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || host === undefined || !(port >= 0 && port <= 65535)) throw bad("metrics_listen", value, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
+  return { host, port };
 }
 
 function isInside(child: string, parent: string): boolean {

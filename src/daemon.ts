@@ -9,8 +9,15 @@ import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages } from "./plan/layers.js";
 import { readLoopAt } from "./observe/loops.js";
-import { admitCopies, capacityBytes, ghostBytes, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
+import { admitCopies, cacheFileBytes, capacityBytes, fitPins, ghostBytes, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
+import { Notifier } from "./act/notify.js";
+import type { Layer } from "./plan/layers.js";
+import { Metrics } from "./report/metrics.js";
+import { STATUS_VERSION, type DatasetStatus, type StatusReport } from "./report/status.js";
+import { writeStatusFile } from "./report/status-file.js";
+import { activePins, readPins, type Pin } from "./state/pins.js";
+import { formatBytes } from "./units.js";
 
 export interface DaemonOptions {
   config: Config;
@@ -18,7 +25,8 @@ export interface DaemonOptions {
   run?: Runner;
   roots?: ObserveRoots;
   clock?: () => number;
-  maxCopies?: number;
+  /** NOTIFY_SOCKET, for tests; process.env's by default. */
+  notifySocket?: string;
 }
 
 /** After a failure a dataset is left alone for interval x 2^failures, at most this long. */
@@ -55,7 +63,11 @@ export class Daemon {
   private stopping = false;
   private wakeUp?: () => void;
   lastTick?: TickSummary;
+  lastReport?: StatusReport;
   ticks = 0;
+  private readonly notifier: Notifier;
+  private readonly metrics = new Metrics();
+  private metricsServer?: { close(): Promise<void>; port: number; listen: string };
 
   constructor(options: DaemonOptions) {
     this.config = options.config;
@@ -65,10 +77,12 @@ export class Daemon {
     this.roots = options.roots ?? { proc: "/proc", sys: "/sys" };
     this.observer = new Observer(this.roots, this.clock);
     this.stats = new Stats(this.config.period * 1000);
+    this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET);
     this.transfers = new TransferPool({
       run: this.run,
       commandTimeoutS: this.config.commandTimeout,
-      maxCopies: options.maxCopies ?? 2,
+      maxCopies: this.config.maxCopies,
+      copyBwlimit: this.config.copyBwlimit,
       logger: this.logger,
       clock: this.clock,
       onSettled: (name, outcome) => this.onCopySettled(name, outcome),
@@ -82,6 +96,7 @@ export class Daemon {
 
     // 1. Observe the machine.
     const snapshot = await this.observer.observe(config);
+    const now = snapshot.now;
     const stacks = layerStacks(snapshot, config);
 
     // 2. Which images are datasets, which are refused, which are still being written.
@@ -91,31 +106,44 @@ export class Daemon {
     // 3. Read statistics over the window.
     this.stats.update(snapshot, config, catalog.nameOfFile, [...catalog.datasets.keys(), ...catalog.pending]);
 
-    // 4. Choose what to cache within the budget.
+    // 4. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
+    const pins = await this.readPins(now);
+
+    // 5. The budget: the capacity, less the space of dropped copies still held open, and
+    //    never so much that the cache file system's free space falls below keep_free.
     const ghosts = ghostBytes(snapshot, config);
     const capacity = capacityBytes(config.capacity, snapshot.cacheFs.totalBytes);
-    const budgetBytes = Math.max(0, capacity - ghosts);
+    const keepFree = capacityBytes(config.keepFree, snapshot.cacheFs.totalBytes);
+    const budgetBytes = Math.max(0, Math.min(capacity - ghosts, snapshot.cacheFs.freeBytes + cacheFileBytes(snapshot) - keepFree));
+
+    // 6. Choose what to cache: the pins that fit, then the knapsack.
     const rate = (name: string) => this.stats.rate(name);
-    const cached = plan({ datasets: catalog.datasets.values(), rate, budgetBytes });
+    const idle = (name: string) => {
+      const last = this.stats.get(name)?.lastReadAt;
+      return config.maxIdle > 0 && last !== undefined && now - last > config.maxIdle * 1000;
+    };
+    const datasets = [...catalog.datasets.values()];
+    const pinned = new Set(pins.keys());
+    const cached = plan({ datasets, rate, budgetBytes, pinned, idle });
+    const pinProblems = this.pinProblems(catalog, pinned, budgetBytes);
     const admitted = admitCopies({
-      candidates: [...catalog.datasets.values()]
+      candidates: datasets
         .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
-        .sort((a, b) => rate(b.name).slow + rate(b.name).cache - (rate(a.name).slow + rate(a.name).cache)),
+        .sort((a, b) => Number(pinned.has(b.name)) - Number(pinned.has(a.name)) || rate(b.name).slow + rate(b.name).cache - (rate(a.name).slow + rate(a.name).cache)),
       occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
-      capacityBytes: capacity,
-      writableBytes: writableBytes(snapshot, this.transfers.all),
+      capacityBytes: Math.min(capacity, budgetBytes + ghosts),
+      writableBytes: writableBytes(snapshot, this.transfers.all) - keepFree,
     });
 
-    // 5. The difference between what is and what should be.
-    const now = snapshot.now;
+    // 7. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
     const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted });
-    this.reportAll(
-      "problem",
-      problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
-    );
+    this.reportAll("problem", [
+      ...problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
+      ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
+    ]);
 
-    // 6. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
+    // 8. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
     const failures = await act(actions, {
       run: this.run,
       transfers: this.transfers,
@@ -128,18 +156,170 @@ export class Daemon {
 
     this.previous = snapshot;
     this.ticks++;
-    const usedBytes = [...catalog.datasets.values()].filter((d) => cached.has(d.name)).reduce((s, d) => s + d.size, 0);
+    const usedBytes = occupiedBytes(snapshot, this.transfers.all);
+    const ms = Math.round(performance.now() - started);
     this.lastTick = {
       datasets: catalog.datasets.size,
-      cached: [...catalog.datasets.values()].filter((d) => d.cache === "valid" && cached.has(d.name)).length,
-      copying: this.transfers.all.size,
+      cached: datasets.filter((d) => d.cache === "valid" && cached.has(d.name)).length,
+      copying: [...this.transfers.all.values()].filter((t) => t.state === "running").length,
       budgetBytes,
       usedBytes,
       actions: actions.length,
-      ms: Math.round(performance.now() - started),
+      ms,
     };
     this.logger.debug({ ...this.lastTick, ghostBytes: ghosts }, "tick");
+
+    // 9. Tell: the status file, metrics, systemd.
+    this.lastReport = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
+    await this.publish(this.lastReport);
     return this.lastTick;
+  }
+
+  private buildReport(input: {
+    snapshot: Snapshot;
+    catalog: Catalog;
+    pins: ReadonlyMap<string, number | undefined>;
+    stacks: ReadonlyMap<string, Layer[]>;
+    capacity: number;
+    ghosts: number;
+    usedBytes: number;
+    ms: number;
+    problems: string[];
+  }): StatusReport {
+    const { snapshot, catalog, pins } = input;
+    const now = snapshot.now;
+    const written = new Map(snapshot.cacheFiles.map((f) => [f.path, f.size]));
+    const datasets = [...catalog.datasets.values()].map((d): DatasetStatus => {
+      const stats = this.stats.get(d.name);
+      const r = this.stats.rate(d.name);
+      const transfer = this.transfers.all.get(d.name);
+      const top = input.stacks.get(d.mountPoint)?.at(-1);
+      const backoff = this.backoff.get(d.name);
+      const status: DatasetStatus = {
+        name: d.name,
+        imageFile: d.imageFile,
+        sizeBytes: d.size,
+        state: top?.tier === "cache" && !top.deleted ? "cached" : transfer?.state === "running" ? "copying" : transfer ? "queued" : "slow",
+        pinned: pins.has(d.name),
+        slowBytesPerSecond: r.slow,
+        cacheBytesPerSecond: r.cache,
+        slowBytesRead: stats?.slow.totalBytes ?? 0,
+        cacheBytesRead: stats?.cache.totalBytes ?? 0,
+      };
+      const until = pins.get(d.name);
+      if (until !== undefined) status.pinExpiresAt = until;
+      if (stats && stats.slow.totalBytes + stats.cache.totalBytes > 0) status.lastReadAt = stats.lastReadAt;
+      if (transfer?.state === "running" && transfer.startedAt !== undefined) {
+        const doneBytes = written.get(transfer.tmpPath) ?? 0;
+        status.copy = { doneBytes, totalBytes: transfer.size, startedAt: transfer.startedAt, bytesPerSecond: doneBytes / Math.max(0.001, (now - transfer.startedAt) / 1000) };
+      }
+      if (backoff && backoff.until > now) status.note = `retrying after ${backoff.failures} failure(s) at ${new Date(backoff.until).toISOString()}`;
+      return status;
+    });
+    return {
+      version: STATUS_VERSION,
+      pid: process.pid,
+      writtenAt: now,
+      intervalSeconds: this.config.interval,
+      periodSeconds: this.config.period,
+      datasets,
+      refused: catalog.refusals.map((r) => ({ file: r.file, reason: r.reason })),
+      cache: {
+        dir: this.config.cachedir,
+        usedBytes: input.usedBytes,
+        capacityBytes: input.capacity,
+        ghostBytes: input.ghosts,
+        fsTotalBytes: snapshot.cacheFs.totalBytes,
+        fsFreeBytes: snapshot.cacheFs.freeBytes,
+      },
+      cacheBytesServed: this.stats.cacheBytesServed,
+      copies: { ...this.transfers.counters },
+      tick: { count: this.ticks, ms: input.ms },
+      problems: input.problems,
+    };
+  }
+
+  /** Status file, metrics and systemd; a failure of one is logged once and never stops the loop. */
+  private async publish(report: StatusReport): Promise<void> {
+    const config = this.config;
+    this.metrics.update(report);
+    const cached = report.datasets.filter((d) => d.state === "cached").length;
+    const copying = report.datasets.filter((d) => d.state === "copying").length;
+    const pct = report.cache.capacityBytes > 0 ? Math.round((100 * report.cache.usedBytes) / report.cache.capacityBytes) : 0;
+    const summary = `${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
+    await Promise.all([
+      this.attempt("status file", () => writeStatusFile(config.runtimeDir, report)),
+      this.attempt("metrics file", async () => {
+        if (config.metricsFile) await this.metrics.writeFile(config.metricsFile);
+      }),
+      this.attempt("metrics listener", () => this.ensureMetricsServer()),
+      this.attempt("systemd notify", () => this.notifier.send({ READY: "1", STATUS: summary, WATCHDOG: "1" })),
+    ]);
+  }
+
+  private async ensureMetricsServer(): Promise<void> {
+    const want = this.config.metricsListen ? `${this.config.metricsListen.host}:${this.config.metricsListen.port}` : undefined;
+    if (this.metricsServer?.listen === want) return;
+    if (this.metricsServer) {
+      await this.metricsServer.close();
+      this.metricsServer = undefined;
+    }
+    if (want === undefined) return;
+    const server = await this.metrics.listen(want, this.logger);
+    this.metricsServer = { ...server, listen: want };
+    this.logger.info({ listen: want, port: server.port }, "serving metrics");
+  }
+
+  private async attempt(what: string, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+      this.reportAll(`publish:${what}`, []);
+    } catch (err) {
+      const message = errorMessage(err);
+      this.reportAll(`publish:${what}`, [{ key: what, signature: message, log: () => this.logger.error({ err: message }, `${what} failed`) }]);
+    }
+  }
+
+  /**
+   * SIGHUP: a new configuration applies from the next tick. The directories
+   * cannot change (the mounts under the old ones would be orphaned): the
+   * caller rejects such a file, as any invalid one, and keeps the old.
+   */
+  reconfigure(config: Config): void {
+    this.config = config;
+    this.stats.setPeriod(config.period * 1000);
+    this.transfers.reconfigure({ maxCopies: config.maxCopies, copyBwlimit: config.copyBwlimit, commandTimeoutS: config.commandTimeout });
+    this.wake();
+  }
+
+  private async readPins(now: number): Promise<Map<string, number | undefined>> {
+    let stored: Pin[] = [];
+    try {
+      stored = await readPins(this.config.stateDir);
+      this.reportAll("pins-file", []);
+    } catch (err) {
+      // A damaged pins file must not stop the cache: keep serving with the config's pins.
+      const message = `cannot read pins: ${errorMessage(err)}`;
+      this.reportAll("pins-file", [{ key: "read", signature: message, log: () => this.logger.error(message) }]);
+    }
+    const pins = activePins(stored, now);
+    for (const name of this.config.pins) pins.set(name, undefined);
+    return pins;
+  }
+
+  private pinProblems(catalog: Catalog, pinned: ReadonlySet<string>, budgetBytes: number): string[] {
+    const out: string[] = [];
+    for (const name of pinned) {
+      if (!catalog.datasets.has(name) && !catalog.pending.has(name)) out.push(`pinned dataset ${JSON.stringify(name)} does not exist`);
+    }
+    const { fit, overflow } = fitPins([...catalog.datasets.values()], pinned, budgetBytes);
+    if (overflow.length > 0) {
+      const need = [...fit, ...overflow].reduce((s, d) => s + d.size, 0);
+      out.push(
+        `pins exceed the cache: ${overflow.map((d) => `${d.name} (${formatBytes(d.size)})`).join(", ")} not cached; pinned datasets need ${formatBytes(need)}, the cache has ${formatBytes(budgetBytes)}`,
+      );
+    }
+    return out;
   }
 
   /** Tick every `interval` seconds until stop(); a finished copy wakes it early so the copy is mounted at once. */
@@ -174,6 +354,8 @@ export class Daemon {
     this.stopping = true;
     this.wake();
     await this.transfers.cancelAll("daemon stopping");
+    await this.metricsServer?.close();
+    this.metricsServer = undefined;
   }
 
   logCacheBytes(): void {

@@ -28,6 +28,8 @@ export interface TransferPoolOptions {
   maxCopies: number;
   /** rsync gives up when no data moves for this long (a dead NFS server): the copy fails and is retried with back-off. */
   commandTimeoutS: number;
+  /** Bytes per second of each copy, so that filling the cache does not starve jobs reading the shared storage; 0: no limit. */
+  copyBwlimit: number;
   logger: Logger;
   /** Called when a copy ends, whatever the outcome; the daemon wakes its loop to mount the copy. */
   onSettled: (name: string, outcome: CopyOutcome) => void;
@@ -42,6 +44,8 @@ export interface TransferPoolOptions {
  */
 export class TransferPool {
   private readonly transfers = new Map<string, Transfer>();
+  /** Since start, for the status report and metrics. */
+  readonly counters = { started: 0, finished: 0, failed: 0, cancelled: 0, bytes: 0 };
 
   constructor(private readonly options: TransferPoolOptions) {}
 
@@ -49,8 +53,9 @@ export class TransferPool {
     return (this.options.clock ?? Date.now)();
   }
 
-  setMaxCopies(n: number): void {
-    this.options.maxCopies = n;
+  /** New limits from a reloaded configuration; running copies keep the ones they started with. */
+  reconfigure(limits: { maxCopies: number; copyBwlimit: number; commandTimeoutS: number }): void {
+    Object.assign(this.options, limits);
     this.pump();
   }
 
@@ -114,8 +119,14 @@ export class TransferPool {
       t.state = "running";
       t.startedAt = this.now();
       running++;
+      this.counters.started++;
       t.done = this.copy(t).then((outcome) => {
         this.transfers.delete(t.name);
+        if (outcome.ok) {
+          this.counters.finished++;
+          this.counters.bytes += outcome.bytes;
+        } else if (outcome.cancelled) this.counters.cancelled++;
+        else this.counters.failed++;
         this.options.onSettled(t.name, outcome);
         this.pump();
       });
@@ -128,9 +139,10 @@ export class TransferPool {
     log.info({ source: t.source, bytes: t.size }, "copy started");
     try {
       await removeIfPresent(t.tmpPath);
+      const bwlimit = this.options.copyBwlimit > 0 ? [`--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`] : [];
       await this.options.run(
         "rsync",
-        ["--inplace", "--times", `--timeout=${Math.max(1, Math.round(this.options.commandTimeoutS))}`, "--", t.source, t.tmpPath],
+        ["--inplace", "--times", `--timeout=${Math.max(1, Math.round(this.options.commandTimeoutS))}`, ...bwlimit, "--", t.source, t.tmpPath],
         { timeoutMs: COPY_TIMEOUT_MS, signal: t.abort.signal },
       );
       if (t.abort.signal.aborted) throw new Error("cancelled");

@@ -1,5 +1,6 @@
-import { loadConfig, type RawConfig } from "../config.js";
+import { loadConfig, type Config, type RawConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
+import { errorMessage, UsageError } from "../errors.js";
 import { createLogger } from "../log.js";
 import { formatBytes } from "../units.js";
 
@@ -15,6 +16,21 @@ export interface RunFlags {
   verbose?: boolean;
 }
 
+function describe(config: Config): Record<string, unknown> {
+  return {
+    datadir: config.datadir,
+    cachedir: config.cachedir,
+    mountdir: config.mountdir,
+    capacity: config.capacity.kind === "bytes" ? formatBytes(config.capacity.bytes) : `${config.capacity.percent}%`,
+    period: config.period,
+    interval: config.interval,
+    naming: config.naming,
+    pins: config.pins,
+    maxIdle: config.maxIdle,
+    maxCopies: config.maxCopies,
+  };
+}
+
 /** `scratch_manager [run]`: the daemon. Configuration errors throw UsageError before anything is touched. */
 export async function runCommand(flags: RunFlags): Promise<void> {
   const raw: RawConfig = {
@@ -26,23 +42,13 @@ export async function runCommand(flags: RunFlags): Promise<void> {
     interval: flags.interval,
     naming: flags.naming,
   };
-  const config = await loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
+  const load = () => loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
+  const config = await load();
   const logger = createLogger(config.verbose);
   // Cache files and mount points are created readable by all, writable by root only.
   process.umask(0o022);
   const daemon = new Daemon({ config, logger });
-  logger.info(
-    {
-      datadir: config.datadir,
-      cachedir: config.cachedir,
-      mountdir: config.mountdir,
-      capacity: config.capacity.kind === "bytes" ? formatBytes(config.capacity.bytes) : `${config.capacity.percent}%`,
-      period: config.period,
-      interval: config.interval,
-      naming: config.naming,
-    },
-    "starting",
-  );
+  logger.info(describe(config), "starting");
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -51,8 +57,24 @@ export async function runCommand(flags: RunFlags): Promise<void> {
     logger.info({ signal }, "stopping");
     void daemon.stop();
   };
+  // SIGHUP (systemctl reload): the new file applies at the next tick, or is rejected whole.
+  const reload = async () => {
+    try {
+      const next = await load();
+      for (const key of ["datadir", "cachedir", "mountdir"] as const) {
+        if (next[key] !== daemon.config[key]) {
+          throw new UsageError(`config: ${key} cannot change on reload (${daemon.config[key]} -> ${next[key]}); restart the service to move it`);
+        }
+      }
+      daemon.reconfigure(next);
+      logger.info(describe(next), "configuration reloaded");
+    } catch (err) {
+      logger.error({ err: errorMessage(err) }, "configuration reload rejected; keeping the current one");
+    }
+  };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGHUP", () => void reload());
   process.on("SIGUSR1", () => daemon.logCacheBytes());
 
   await daemon.runLoop();

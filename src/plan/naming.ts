@@ -14,10 +14,17 @@ export function datasetName(fileName: string, naming: Naming): NameResult {
   const dot = naming === "first-dot" ? fileName.indexOf(".") : fileName.lastIndexOf(".");
   const name = dot < 0 ? fileName : fileName.slice(0, dot);
   if (name === "") return { ok: false, reason: "the name before the extension is empty" };
-  if (name === "." || name === "..") return { ok: false, reason: `the mount name ${JSON.stringify(name)} is not allowed` };
-  if (name.includes("/")) return { ok: false, reason: "the name contains a slash" };
+  const invalid = validName(name);
+  return invalid ? { ok: false, reason: invalid } : { ok: true, name };
+}
+
+/** Why `name` cannot be a mount name (one path component under mountdir), or undefined if it can. */
+export function validName(name: string): string | undefined {
+  if (name === "") return "the name is empty";
+  if (name === "." || name === "..") return `the mount name ${JSON.stringify(name)} is not allowed`;
+  if (name.includes("/")) return "the name contains a slash";
   // Control characters would corrupt logs and mountinfo lines.
   // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x1f\x7f]/.test(name)) return { ok: false, reason: "the name contains control characters" };
-  return { ok: true, name };
+  if (/[\x00-\x1f\x7f]/.test(name)) return "the name contains control characters";
+  return undefined;
 }

@@ -82,18 +82,57 @@ export function admitCopies(input: { candidates: readonly Dataset[]; occupiedByt
   return admitted;
 }
 
+/** Bytes of the regular files in cachedir as they are on disk now (partial copies at their current size). */
+export function cacheFileBytes(snapshot: Snapshot): number {
+  return snapshot.cacheFiles.reduce((sum, f) => sum + (f.type === "file" ? f.size : 0), 0);
+}
+
+/**
+ * The pinned datasets that fit in the budget, and those that do not. Pins
+ * already cached go first (so a new pin never evicts an old one), then by
+ * name, so that the outcome does not flap from tick to tick.
+ */
+export function fitPins(datasets: readonly Dataset[], pinned: ReadonlySet<string>, budgetBytes: number): { fit: Dataset[]; overflow: Dataset[] } {
+  const candidates = datasets
+    .filter((d) => pinned.has(d.name))
+    .sort((a, b) => Number(b.cache === "valid") - Number(a.cache === "valid") || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const fit: Dataset[] = [];
+  const overflow: Dataset[] = [];
+  let left = budgetBytes;
+  for (const d of candidates) {
+    if (d.size <= left) {
+      fit.push(d);
+      left -= d.size;
+    } else overflow.push(d);
+  }
+  return { fit, overflow };
+}
+
 export interface PlanInput {
   datasets: Iterable<Dataset>;
   rate: (name: string) => { slow: number; cache: number };
   budgetBytes: number;
+  /** Datasets cached first, whatever their rate, and never evicted (if they fit: see fitPins). */
+  pinned?: ReadonlySet<string>;
+  /** Datasets unread for max_idle: worth nothing, so they are evicted even when they fit. */
+  idle?: (name: string) => boolean;
 }
 
-/** Which datasets to cache: 0/1 knapsack over (slow + cache throughput, image size). Pure. */
+/**
+ * Which datasets to cache: the pins that fit, then a 0/1 knapsack over
+ * (slow + cache throughput, image size) in the room left. Pure.
+ */
 export function plan(input: PlanInput): Set<string> {
   const list = [...input.datasets];
-  const items = list.map((d) => {
+  const { fit } = fitPins(list, input.pinned ?? new Set(), input.budgetBytes);
+  const chosen = new Set(fit.map((d) => d.name));
+  const rest = list.filter((d) => !chosen.has(d.name));
+  const room = input.budgetBytes - fit.reduce((sum, d) => sum + d.size, 0);
+  const items = rest.map((d) => {
+    if (input.idle?.(d.name)) return { value: 0, weight: d.size };
     const r = input.rate(d.name);
     return { value: r.slow + r.cache + (d.cache === "valid" ? CACHED_BONUS : 0), weight: d.size };
   });
-  return new Set(knapsack(items, input.budgetBytes).map((i) => (list[i] as Dataset).name));
+  for (const i of knapsack(items, room)) chosen.add((rest[i] as Dataset).name);
+  return chosen;
 }

@@ -150,6 +150,8 @@ export interface DaemonOptions {
   copyKBps?: number;
   /** Programs to put first in PATH: name -> sh script body (after #!/bin/sh), e.g. a mount that fails. */
   bin?: Record<string, string>;
+  /** Extra environment; NOTIFY_SOCKET is removed unless given here. */
+  env?: Record<string, string>;
 }
 
 /** The real CLI, as systemd would start it. */
@@ -166,7 +168,9 @@ export class Daemon {
       writeFileSync(file, options.config);
       args.push("--config", file);
     }
-    const env = { ...process.env };
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.NOTIFY_SOCKET;
+    Object.assign(env, options.env);
     const wrappers = { ...options.bin };
     if (options.copyKBps !== undefined) wrappers.rsync = `exec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"`;
     if (Object.keys(wrappers).length > 0) {

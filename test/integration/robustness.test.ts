@@ -257,7 +257,9 @@ test("the cache file system filling up during a copy: the copy fails cleanly, th
     mkdirSync(cachedir);
     makeImage(root, path.join(root.data, "ds.sqfs"), { "data.bin": 12 * MB });
     const target = path.join(root.mnt, "ds");
-    const d = track(Daemon.start(root, { capacity: "200MB", cachedir }, { copyKBps: 2048 }));
+    // A long interval, so that rsync meets the full disk before the next tick sees it (a tick that
+    // sees it first cancels the copy instead, since the cache yields to other programs' files).
+    const d = track(Daemon.start(root, { capacity: "200MB", cachedir, interval: 2 }, { copyKBps: 2048 }));
     await waitUntil("mounted", () => stackAt(target).length === 1);
     startReader(target);
     await waitUntil("copying", () => readdirSync(cachedir).some((f) => f.endsWith(".partial")));

@@ -40,6 +40,13 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     interval: 5,
     naming: "first-dot",
     commandTimeout: 60,
+    pins: [],
+    stateDir: "/var/lib/scratch_manager",
+    runtimeDir: "/run/scratch_manager",
+    maxIdle: 0,
+    keepFree: { kind: "bytes", bytes: 0 },
+    copyBwlimit: 0,
+    maxCopies: 2,
     verbose: false,
     ...over,
   };

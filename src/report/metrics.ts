@@ -1,0 +1,273 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { errorMessage, UsageError } from "../errors.js";
+import { writeFileAtomic } from "./atomic-file.js";
+import type { DatasetState, DatasetStatus, StatusReport } from "./status.js";
+
+const PREFIX = "scratch_manager_";
+
+/** Every state, checked by the compiler: a new DatasetState must be added here, or this does not build. */
+const STATE_SET: Record<DatasetState, true> = { slow: true, queued: true, copying: true, cached: true };
+const STATES = Object.keys(STATE_SET) as DatasetState[];
+
+const TIERS = ["slow", "cache"] as const;
+type Tier = (typeof TIERS)[number];
+
+/** From a tick that only lists directories (ms) to one that probes many new images (s). */
+const TICK_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export interface MetricsOptions {
+  /**
+   * Also export Node's process metrics (CPU, memory, event loop lag),
+   * named scratch_manager_process_* so that they do not collide with
+   * node_exporter's own process_* when read through its textfile collector.
+   */
+  processMetrics?: boolean;
+}
+
+export interface MetricsServer {
+  /** The port actually bound (useful with port 0). */
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * How much a cumulative total grew since the previous report. Totals restart
+ * from 0 when the daemon restarts, or may when a dataset leaves and comes
+ * back: a total below the previous one is then counted whole, never as a
+ * negative increase (which a Prometheus counter cannot take).
+ */
+export function growth(previous: number | undefined, current: number): number {
+  if (previous === undefined || current < previous) return Math.max(0, current);
+  return current - previous;
+}
+
+/** "127.0.0.1:9456", "[::1]:9456", ":9456" (all addresses) -> host and port. */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new UsageError(`metrics_listen = ${JSON.stringify(text)} is not valid; expected HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456`);
+  }
+  return { host: m[1] ?? m[2] ?? "", port };
+}
+
+interface Totals {
+  slow: number;
+  cache: number;
+}
+
+type Copies = StatusReport["copies"];
+
+/**
+ * The status report as Prometheus metrics, in a registry of its own (no
+ * global state: tests and a reload can make a fresh one). `update` is
+ * called once per tick with the new report; gauges are set, counters are
+ * increased by what the report's cumulative totals grew.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  private readonly readBytes: Counter<"dataset" | "tier">;
+  private readonly sizeBytes: Gauge<"dataset">;
+  private readonly state: Gauge<"dataset" | "state">;
+  private readonly pinned: Gauge<"dataset">;
+  private readonly readRate: Gauge<"dataset" | "tier">;
+  private readonly cacheUsed: Gauge;
+  private readonly cacheCapacity: Gauge;
+  private readonly cacheGhost: Gauge;
+  private readonly cacheFsSize: Gauge;
+  private readonly cacheFsFree: Gauge;
+  private readonly copiesStarted: Counter;
+  private readonly copiesFinished: Counter;
+  private readonly copiesFailed: Counter;
+  private readonly copiesCancelled: Counter;
+  private readonly copyBytes: Counter;
+  private readonly refusedImages: Gauge;
+  private readonly cacheBytesServed: Counter;
+  private readonly tickDuration: Histogram;
+  private readonly lastUpdate: Gauge;
+
+  /** The previous report's totals, per dataset, to turn totals into increments. */
+  private readonly previousRead = new Map<string, Totals>();
+  private previousCopies: Copies = { started: 0, finished: 0, failed: 0, cancelled: 0, bytes: 0 };
+  private previousServed = 0;
+  private previousTick: number | undefined;
+
+  constructor(options: MetricsOptions = {}) {
+    const registers = [this.registry];
+    const gauge = (name: string, help: string): Gauge => new Gauge({ name: PREFIX + name, help, registers });
+    const counter = (name: string, help: string): Counter => new Counter({ name: PREFIX + name, help, registers });
+
+    this.readBytes = new Counter({
+      name: `${PREFIX}dataset_read_bytes_total`,
+      help: "Bytes read from a dataset through each tier (slow: the image on shared storage, cache: the local copy).",
+      labelNames: ["dataset", "tier"],
+      registers,
+    });
+    this.sizeBytes = new Gauge({ name: `${PREFIX}dataset_size_bytes`, help: "Size of the dataset's image.", labelNames: ["dataset"], registers });
+    this.state = new Gauge({
+      name: `${PREFIX}dataset_state`,
+      help: `1 for the dataset's current state, 0 for the others (${STATES.join(", ")}).`,
+      labelNames: ["dataset", "state"],
+      registers,
+    });
+    this.pinned = new Gauge({ name: `${PREFIX}dataset_pinned`, help: "1 if the dataset is pinned in the cache.", labelNames: ["dataset"], registers });
+    this.readRate = new Gauge({
+      name: `${PREFIX}dataset_read_rate_bytes_per_second`,
+      help: "Read throughput of the dataset through each tier over the statistics window, as the cache policy sees it.",
+      labelNames: ["dataset", "tier"],
+      registers,
+    });
+    this.cacheUsed = gauge("cache_used_bytes", "Bytes of the cached copies and of the running copies' targets.");
+    this.cacheCapacity = gauge("cache_capacity_bytes", "Most bytes the cached copies may take.");
+    this.cacheGhost = gauge("cache_ghost_bytes", "Bytes of dropped copies still held open by readers.");
+    this.cacheFsSize = gauge("cache_fs_size_bytes", "Size of the file system holding the cache directory.");
+    this.cacheFsFree = gauge("cache_fs_free_bytes", "Free bytes on the file system holding the cache directory.");
+    this.copiesStarted = counter("copies_started_total", "Copies to the cache started.");
+    this.copiesFinished = counter("copies_finished_total", "Copies to the cache finished.");
+    this.copiesFailed = counter("copies_failed_total", "Copies to the cache that failed.");
+    this.copiesCancelled = counter("copies_cancelled_total", "Copies to the cache cancelled (dataset gone or no longer wanted, daemon stopping).");
+    this.copyBytes = counter("copy_bytes_total", "Bytes written to the cache by copies.");
+    this.refusedImages = gauge("refused_images", "Files in the data directory refused as images.");
+    this.cacheBytesServed = counter("cache_bytes_served_total", "Bytes read from cached copies, all datasets.");
+    this.tickDuration = new Histogram({
+      name: `${PREFIX}tick_duration_seconds`,
+      help: "Time one pass of the loop took.",
+      buckets: TICK_BUCKETS,
+      registers,
+    });
+    this.lastUpdate = gauge("status_timestamp_seconds", "When the daemon wrote the status these metrics come from (Unix time), to alert on a stuck daemon.");
+
+    if (options.processMetrics === true) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+
+  /** Apply one tick's report. */
+  update(report: StatusReport): void {
+    const present = new Set<string>();
+    for (const d of report.datasets) {
+      present.add(d.name);
+      this.updateDataset(d);
+    }
+    for (const name of [...this.previousRead.keys()]) {
+      if (!present.has(name)) this.removeDataset(name);
+    }
+
+    const { cache } = report;
+    this.cacheUsed.set(cache.usedBytes);
+    this.cacheCapacity.set(cache.capacityBytes);
+    this.cacheGhost.set(cache.ghostBytes);
+    this.cacheFsSize.set(cache.fsTotalBytes);
+    this.cacheFsFree.set(cache.fsFreeBytes);
+    this.refusedImages.set(report.refused.length);
+
+    const was = this.previousCopies;
+    const now = report.copies;
+    this.copiesStarted.inc(growth(was.started, now.started));
+    this.copiesFinished.inc(growth(was.finished, now.finished));
+    this.copiesFailed.inc(growth(was.failed, now.failed));
+    this.copiesCancelled.inc(growth(was.cancelled, now.cancelled));
+    this.copyBytes.inc(growth(was.bytes, now.bytes));
+    this.previousCopies = { ...now };
+
+    this.cacheBytesServed.inc(growth(this.previousServed, report.cacheBytesServed));
+    this.previousServed = report.cacheBytesServed;
+
+    // The daemon may write the same tick's report twice (e.g. on a signal); observe each tick once.
+    if (report.tick.count !== this.previousTick) {
+      this.tickDuration.observe(report.tick.ms / 1000);
+      this.previousTick = report.tick.count;
+    }
+    this.lastUpdate.set(report.writtenAt / 1000);
+  }
+
+  private updateDataset(d: DatasetStatus): void {
+    const dataset = d.name;
+    const was = this.previousRead.get(dataset);
+    const totals: Totals = { slow: d.slowBytesRead, cache: d.cacheBytesRead };
+    const rates: Record<Tier, number> = { slow: d.slowBytesPerSecond, cache: d.cacheBytesPerSecond };
+    for (const tier of TIERS) {
+      // inc by 0 too: the series exists from the dataset's first report, so rate() sees its start.
+      this.readBytes.inc({ dataset, tier }, growth(was?.[tier], totals[tier]));
+      this.readRate.set({ dataset, tier }, rates[tier]);
+    }
+    this.previousRead.set(dataset, totals);
+    this.sizeBytes.set({ dataset }, d.sizeBytes);
+    for (const state of STATES) this.state.set({ dataset, state }, state === d.state ? 1 : 0);
+    this.pinned.set({ dataset }, d.pinned ? 1 : 0);
+  }
+
+  /** A dataset gone from the report (image deleted) loses its series, so dashboards do not show it forever. */
+  private removeDataset(dataset: string): void {
+    for (const tier of TIERS) {
+      this.readBytes.remove({ dataset, tier });
+      this.readRate.remove({ dataset, tier });
+    }
+    for (const state of STATES) this.state.remove({ dataset, state });
+    this.sizeBytes.remove({ dataset });
+    this.pinned.remove({ dataset });
+    this.previousRead.delete(dataset);
+  }
+
+  /** The exposition text (Prometheus text format 0.0.4). */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /**
+   * Write the metrics to `file` atomically, mode 0644, for node_exporter's
+   * textfile collector (which reads *.prom files of its directory and must
+   * never see half a file).
+   */
+  async writeFile(file: string): Promise<void> {
+    await writeFileAtomic(file, await this.text(), 0o644);
+  }
+
+  /** Serve GET /metrics on `hostPort` ("127.0.0.1:9456"; port 0 picks a free one). */
+  async listen(hostPort: string, logger?: Logger): Promise<MetricsServer> {
+    const { host, port } = parseHostPort(hostPort);
+    const server = http.createServer((req, res) => {
+      const pathname = new URL(req.url ?? "/", "http://localhost").pathname;
+      if (pathname !== "/metrics") {
+        res.writeHead(404, { "Content-Type": "text/plain; charset=utf-8" }).end("not found; metrics are at /metrics\n");
+        return;
+      }
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { Allow: "GET, HEAD", "Content-Type": "text/plain; charset=utf-8" }).end("method not allowed\n");
+        return;
+      }
+      this.text().then(
+        (body) => {
+          res.writeHead(200, { "Content-Type": this.registry.contentType });
+          res.end(req.method === "HEAD" ? undefined : body);
+        },
+        (err: unknown) => {
+          logger?.error({ err: errorMessage(err) }, "metrics scrape failed");
+          res.writeHead(500, { "Content-Type": "text/plain; charset=utf-8" }).end("cannot collect metrics\n");
+        },
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      // An empty host (":9456") listens on every address, as Node does without one.
+      server.listen({ host: host === "" ? undefined : host, port }, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    server.on("error", (err) => logger?.error({ err: errorMessage(err) }, "metrics server error"));
+    const bound = (server.address() as AddressInfo).port;
+    logger?.info({ host, port: bound }, "metrics server listening");
+    return {
+      port: bound,
+      close: () =>
+        new Promise<void>((resolve, reject) => {
+          server.close((err) => (err ? reject(err) : resolve()));
+          // Prometheus keeps its connection alive between scrapes; without this, close() waits for it to time out.
+          server.closeAllConnections();
+        }),
+    };
+  }
+}

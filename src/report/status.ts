@@ -1,0 +1,79 @@
+/**
+ * The status report: what the daemon knows after each tick, written
+ * atomically as JSON to <runtime_dir>/status.json for `scratch_manager
+ * status` (any user may read it) and turned into Prometheus metrics. Plain
+ * data: bytes, bytes per second, and milliseconds since the epoch.
+ */
+
+export const STATUS_VERSION = 1;
+
+export type DatasetState =
+  /** Served from the image on shared storage. */
+  | "slow"
+  /** Being copied to the cache; still served from the slow tier. */
+  | "copying"
+  /** Waiting for a copy slot (max_copies) or for free space. */
+  | "queued"
+  /** Its cached copy is mounted over the slow mount. */
+  | "cached";
+
+export interface CopyProgress {
+  doneBytes: number;
+  totalBytes: number;
+  /** Average since the copy started. */
+  bytesPerSecond: number;
+  startedAt: number;
+}
+
+export interface DatasetStatus {
+  name: string;
+  imageFile: string;
+  sizeBytes: number;
+  state: DatasetState;
+  pinned: boolean;
+  /** When a pin given with --for ends; absent for a permanent pin. */
+  pinExpiresAt?: number;
+  copy?: CopyProgress;
+  /** Read throughput over the window, per tier. */
+  slowBytesPerSecond: number;
+  cacheBytesPerSecond: number;
+  /** Bytes read through each tier since the daemon started. */
+  slowBytesRead: number;
+  cacheBytesRead: number;
+  /** Last time either tier was read, if ever since start. */
+  lastReadAt?: number;
+  /** Why it is not where the policy wants it (back-off after a failure, pin that does not fit). */
+  note?: string;
+}
+
+export interface RefusedImage {
+  file: string;
+  reason: string;
+}
+
+export interface StatusReport {
+  version: typeof STATUS_VERSION;
+  pid: number;
+  writtenAt: number;
+  /** Seconds between ticks: a report older than a few intervals means the daemon is gone or stuck. */
+  intervalSeconds: number;
+  periodSeconds: number;
+  datasets: DatasetStatus[];
+  refused: RefusedImage[];
+  cache: {
+    dir: string;
+    /** Bytes of the cached copies and running copies' targets. */
+    usedBytes: number;
+    capacityBytes: number;
+    /** Space of dropped copies still held open by readers. */
+    ghostBytes: number;
+    fsTotalBytes: number;
+    fsFreeBytes: number;
+  };
+  /** Totals since the daemon started. */
+  cacheBytesServed: number;
+  copies: { started: number; finished: number; failed: number; cancelled: number; bytes: number };
+  tick: { count: number; ms: number };
+  /** Conditions an administrator should know about: pins that do not fit, pins of unknown datasets, ... */
+  problems: string[];
+}
