@@ -45,16 +45,16 @@ export function buildProgram(): Command {
     .description("keep datasets in the cache whatever their use; with no NAME, list the pins")
     .argument("[names...]", "dataset names (as under mountdir)")
     .option("--for <duration>", "the pin ends by itself after this long (e.g. 4h, 90m)")
-    .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin", "admin")
+    .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin (default: admin)")
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
     .action(pinCommand);
 
   program
     .command("unpin")
-    .description("remove pins")
-    .argument("<names...>", "dataset names")
-    .option("--owner <id>", "remove this owner's pin", "admin")
+    .description("remove pins: of NAMEs by an owner, or every pin of --owner")
+    .argument("[names...]", "dataset names (default with --owner: all of that owner's)")
+    .option("--owner <id>", "remove this owner's pins (default: admin)")
     .option("--all", "remove every owner's pin of these datasets")
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")

@@ -59,15 +59,20 @@ export async function pinCommand(names: string[], flags: PinFlags): Promise<void
   for (const p of pins.filter((p) => names.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p)}\n`);
 }
 
-/** `scratch_manager unpin NAME... [--owner ID | --all]`: removes that owner's pins (every owner's with --all). */
+/**
+ * `scratch_manager unpin NAME... [--owner ID | --all]`: removes that owner's
+ * pins of those datasets (every owner's with --all); `unpin --owner ID`
+ * alone removes all of that owner's pins (a Slurm epilog).
+ */
 export async function unpinCommand(names: string[], flags: PinFlags): Promise<void> {
+  if (names.length === 0 && flags.owner === undefined) throw new UsageError("unpin: name the datasets, or give --owner to remove all of that owner's pins");
   checkNames(names);
   const stateDir = await stateDirFor(flags);
   const owner = flags.owner ?? DEFAULT_OWNER;
   const removed: Pin[] = [];
   await updatePins(stateDir, (pins) =>
     pins.filter((p) => {
-      const drop = names.includes(p.name) && (flags.all === true || p.owner === owner);
+      const drop = (names.length === 0 || names.includes(p.name)) && (flags.all === true || p.owner === owner);
       if (drop) removed.push(p);
       return !drop;
     }),

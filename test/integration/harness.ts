@@ -195,7 +195,8 @@ export class Daemon {
       }
     });
     this.child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (this.stderr += chunk));
-    this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
+    // "close", not "exit": the last log lines are read by then.
+    this.exited = new Promise((resolve) => this.child.on("close", (code, signal) => resolve({ code, signal })));
   }
 
   static standardConfig(root: TestRoot, extra: Record<string, string | number> = {}): string {

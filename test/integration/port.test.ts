@@ -78,7 +78,7 @@ test("an image moved into datadir is mounted ro,nosuid,nodev at mountdir/<name u
     await waitUntil("coco unmounted", () => stackAt(target).length === 0);
     await waitUntil("cached copy deleted", () => !existsSync(path.join(root.cache, "coco.2017.sqfs")));
     await waitUntil("mount point removed", () => !existsSync(target));
-    assert.ok(d.find((l) => l.msg === "unmounted" && l.reason === "image removed"));
+    await d.waitForLog("unmounted: image removed", (l) => l.msg === "unmounted" && l.reason === "image removed", 5000);
   });
 });
 
@@ -174,7 +174,7 @@ test("dropping: a cached dataset that stops being read loses its cache mount and
       startReader(hotT);
       await waitUntil("old dropped", () => stackAt(oldT).length === 1, 20_000);
       await waitUntil("old's copy deleted", () => !existsSync(path.join(root.cache, "old.sqfs")));
-      assert.ok(d.find((l) => l.msg === "unmounted" && l.dataset === "old" && l.reason === "dropped from cache"));
+      await d.waitForLog("old unmounted: dropped from cache", (l) => l.msg === "unmounted" && l.dataset === "old" && l.reason === "dropped from cache", 5000);
       // The reader of the dropped copy is not broken.
       const buf = Buffer.alloc(4096);
       assert.equal(readSync(fd, buf, 0, 4096, 5 * MB), 4096);
@@ -205,7 +205,7 @@ test("a stale cached copy (size or mtime differs from the image) is unmounted, r
     await d.waitForLog("stale copy deleted", (l) => l.msg === "deleted cache file" && l.reason === "stale cached copy");
     await waitUntil("copied again", () => d.logs.filter((l) => l.msg === "copy finished").length >= 2);
     await waitUntil("mounted again", () => stackAt(target).length === 2 && statSync(copy).mtimeMs === statSync(path.join(root.data, "ds.sqfs")).mtimeMs);
-    assert.ok(d.find((l) => l.msg === "unmounted" && l.reason === "stale cached copy"));
+    await d.waitForLog("unmounted: stale cached copy", (l) => l.msg === "unmounted" && l.reason === "stale cached copy", 5000);
   });
 });
 
@@ -228,7 +228,7 @@ test("clean-up removes orphan cache files and our leftover loop mounts, and touc
     await new Promise((r) => setTimeout(r, 1000));
     assert.deepEqual(stackAt(path.join(root.mnt, "usb")).map((m) => m.id), [usbId], "foreign tmpfs untouched");
     assert.ok(existsSync(path.join(root.cache, "somedir")), "directories in cachedir are not ours to delete");
-    assert.ok(d.find((l) => l.msg === "deleted cache file" && l.reason === "belongs to no image"));
+    await d.waitForLog("orphan deleted", (l) => l.msg === "deleted cache file" && l.reason === "belongs to no image", 5000);
   });
 });
 
@@ -253,8 +253,8 @@ test("the loop keeps ticking while a copy runs; SIGTERM cancels it, removes the 
     assert.equal(code, 0);
     assert.deepEqual(readdirSync(root.cache).filter((f) => f.includes("big")), [], "no partial or final copy left");
     assert.deepEqual(mountsUnder(root.mnt).map((m) => m.id).sort(), before, "mounts left in place");
-    assert.ok(d.find((l) => l.msg === "copy cancelled"));
-    assert.ok(d.find((l) => l.msg === "bytes served from cache"));
+    await d.waitForLog("copy cancelled", (l) => l.msg === "copy cancelled", 5000);
+    await d.waitForLog("bytes served logged", (l) => l.msg === "bytes served from cache", 5000);
   });
 });
 
