@@ -22,13 +22,19 @@ const BINARY_UNITS: Record<string, number> = {
 
 export const SIZE_FORMS = "a number of bytes or N followed by KB, MB, GB or TB (powers of 1024), e.g. 500GB or 1.5TB";
 
-/** "1.5TB" -> bytes (powers of 1024, as the original). Returns undefined when not a size. */
-export function parseSize(text: string): number | undefined {
+/** "N unit" -> N x units[unit] (case-insensitive unit, no sign); undefined when not of that form. */
+function parseWithUnit(text: string, units: Readonly<Record<string, number>>): number | undefined {
   const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$/.exec(text);
   if (!m) return undefined;
-  const factor = BINARY_UNITS[(m[2] ?? "").toLowerCase()];
-  if (factor === undefined) return undefined;
-  return Math.floor(Number(m[1]) * factor);
+  const unit = (m[2] ?? "").toLowerCase();
+  // Own keys only: "5constructor" must not find Object.prototype's.
+  return Object.hasOwn(units, unit) ? Number(m[1]) * (units[unit] as number) : undefined;
+}
+
+/** "1.5TB" -> bytes (powers of 1024, as the original). Returns undefined when not a size. */
+export function parseSize(text: string): number | undefined {
+  const bytes = parseWithUnit(text, BINARY_UNITS);
+  return bytes === undefined ? undefined : Math.floor(bytes);
 }
 
 const DURATION_UNITS: Record<string, number> = { "": 1, s: 1, m: 60, min: 60, h: 3600, d: 86400 };
@@ -37,11 +43,7 @@ export const DURATION_FORMS = "seconds, or N followed by s, m, h or d, e.g. 600 
 
 /** "10m" -> seconds. Returns undefined when not a duration. */
 export function parseDuration(text: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$/.exec(text);
-  if (!m) return undefined;
-  const factor = DURATION_UNITS[(m[2] ?? "").toLowerCase()];
-  if (factor === undefined) return undefined;
-  return Number(m[1]) * factor;
+  return parseWithUnit(text, DURATION_UNITS);
 }
 
 export function formatBytes(bytes: number): string {

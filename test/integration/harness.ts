@@ -75,6 +75,20 @@ export function makeImage(root: TestRoot, dest: string, files: ImageFiles, optio
   return dest;
 }
 
+/**
+ * A small ext4 file system on a loop device, mounted at root/<name>: a cache
+ * file system that can really fill up. Torn down with the root.
+ */
+export function makeSmallFs(root: TestRoot, name: string, sizeMB: number): string {
+  const image = path.join(root.work, `${name}.ext4`);
+  execFileSync("truncate", ["-s", `${sizeMB}M`, image]);
+  execFileSync("mkfs.ext4", ["-q", "-F", "-m", "0", image]);
+  const dir = path.join(root.root, name);
+  mkdirSync(dir);
+  execFileSync("mount", ["-o", "loop", image, dir]);
+  return dir;
+}
+
 export interface MountRow {
   id: number;
   parent: number;

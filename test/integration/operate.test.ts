@@ -4,7 +4,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { CLI, Daemon, makeImage, mountsUnder, stackAt, startReader, waitUntil, withRoot, type TestRoot } from "./harness.js";
+import { CLI, Daemon, makeImage, makeSmallFs, mountsUnder, stackAt, startReader, waitUntil, withRoot, type TestRoot } from "./harness.js";
 
 const MB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -54,12 +54,7 @@ test("max_idle evicts a cached dataset nobody reads; keep_free leaves room on th
     assert.ok(!existsSync(path.join(root.cache, "once.sqfs")));
   });
   await withRoot("keepfree", async (root, track) => {
-    const fsImage = path.join(root.work, "cachefs.ext4");
-    execFileSync("truncate", ["-s", "40M", fsImage]);
-    execFileSync("mkfs.ext4", ["-q", "-F", "-m", "0", fsImage]);
-    const cachefs = path.join(root.root, "cachefs");
-    mkdirSync(cachefs);
-    execFileSync("mount", ["-o", "loop", fsImage, cachefs]);
+    const cachefs = makeSmallFs(root, "cachefs", 40);
     const cachedir = path.join(cachefs, "cache");
     mkdirSync(cachedir);
     makeImage(root, path.join(root.data, "small.sqfs"), { "data.bin": 6 * MB });

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { chmodSync, closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { backingFileOf, CLI, Daemon, makeImage, mountsUnder, stackAt, startReader, waitUntil, withRoot, type MountRow } from "./harness.js";
+import { backingFileOf, CLI, Daemon, makeImage, makeSmallFs, mountsUnder, stackAt, startReader, waitUntil, withRoot, type MountRow } from "./harness.js";
 
 const MB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -247,12 +247,7 @@ test("an image replaced (atomic rename) or deleted while its copy runs: copy can
 
 test("the cache file system filling up during a copy: the copy fails cleanly, the dataset stays slow, no partial file, back-off instead of a hot loop", async () => {
   await withRoot("enospc", async (root, track) => {
-    const fsImage = path.join(root.work, "cachefs.ext4");
-    execFileSync("truncate", ["-s", "24M", fsImage]);
-    execFileSync("mkfs.ext4", ["-q", "-F", "-m", "0", fsImage]);
-    const cachefs = path.join(root.root, "cachefs");
-    mkdirSync(cachefs);
-    execFileSync("mount", ["-o", "loop", fsImage, cachefs]);
+    const cachefs = makeSmallFs(root, "cachefs", 24);
     const cachedir = path.join(cachefs, "cache");
     mkdirSync(cachedir);
     makeImage(root, path.join(root.data, "ds.sqfs"), { "data.bin": 12 * MB });

@@ -86,3 +86,10 @@ describe("formatBytes: binary units, three significant figures", () => {
     assert.equal(formatRate(1023.6), "1.00 KiB/s");
   });
 });
+
+test("unit names are looked up as own keys only: Object.prototype's are not units", () => {
+  for (const text of ["5constructor", "1toString", "2__proto__", "3hasOwnProperty"]) {
+    assert.equal(parseSize(text), undefined, text);
+    assert.equal(parseDuration(text), undefined, text);
+  }
+});
