@@ -59,8 +59,11 @@ export class Daemon {
   private readonly roots: ObserveRoots;
   private previous?: Snapshot;
   private readonly backoff = new Map<string, { failures: number; until: number }>();
+  /** Mount points made by this process, so that one left empty can be removed (see DiffInput.ownedDirs). */
+  private readonly ownedDirs = new Set<string>();
   private readonly reported = new Map<string, string>();
   private stopping = false;
+  private stopped?: Promise<void>;
   private wakeUp?: () => void;
   lastTick?: TickSummary;
   lastReport?: StatusReport;
@@ -137,7 +140,7 @@ export class Daemon {
 
     // 7. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
-    const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted });
+    const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted, ownedDirs: this.ownedDirs });
     this.reportAll("problem", [
       ...problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
       ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
@@ -153,6 +156,11 @@ export class Daemon {
       onMounted: (target) => this.noteAttached(target),
     });
     this.updateBackoff(actions, failures.map((f) => f.action), now);
+    for (const a of actions) {
+      if (failures.some((f) => f.action === a)) continue;
+      if (a.kind === "mkdir") this.ownedDirs.add(a.path);
+      if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
+    }
 
     this.previous = snapshot;
     this.ticks++;
@@ -350,12 +358,17 @@ export class Daemon {
   }
 
   /** SIGTERM: cancel copies (their temporary files are removed), leave every mount in place. */
-  async stop(): Promise<void> {
-    this.stopping = true;
-    this.wake();
-    await this.transfers.cancelAll("daemon stopping");
-    await this.metricsServer?.close();
-    this.metricsServer = undefined;
+  stop(): Promise<void> {
+    // The signal handler and the end of runLoop both stop: do it once, and let both wait for it.
+    this.stopped ??= (async () => {
+      this.stopping = true;
+      this.wake();
+      await this.transfers.cancelAll("daemon stopping");
+      const server = this.metricsServer;
+      this.metricsServer = undefined;
+      await server?.close();
+    })();
+    return this.stopped;
   }
 
   logCacheBytes(): void {

@@ -46,6 +46,12 @@ export interface DiffInput {
   frozen: ReadonlySet<string>;
   /** Chosen datasets whose copy may start this tick (see admitCopies); all of them when absent. */
   admitted?: ReadonlySet<string>;
+  /**
+   * Mount points this daemon created. One left empty (its mount failed, then
+   * its image went away) is removed; other directories in mountdir are not
+   * the daemon's to remove.
+   */
+  ownedDirs?: ReadonlySet<string>;
 }
 
 interface WantedLayer {
@@ -132,6 +138,11 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
     }
     if (j < 0) actions.push({ kind: "rmdir", key: mountPoint, path: mountPoint });
     else problems.push({ key: mountPoint, dataset, message: `mount point ${mountPoint} has a mount that is not ours on top of ours; leaving it alone` });
+  }
+
+  // 4b. Empty mount points of ours that no dataset wants any more.
+  for (const dir of input.ownedDirs ?? []) {
+    if (!handled.has(dir) && !stacks.has(dir)) actions.push({ kind: "rmdir", key: dir, path: dir });
   }
 
   // 5. Files in cachedir that belong to no dataset. Only regular files: anything else is not ours to delete.

@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { open, rename, unlink } from "node:fs/promises";
 import path from "node:path";
 
@@ -11,10 +10,13 @@ import path from "node:path";
  *
  * The temporary name starts with a dot and ends with ".tmp", so that
  * node_exporter's textfile collector, which reads only *.prom, never sees it.
+ * It is the same name each time (one daemon writes each file), so a daemon
+ * killed in the middle of a write leaves one stray file at most, which the
+ * next write replaces.
  */
 export async function writeFileAtomic(file: string, data: string, mode = 0o644): Promise<void> {
-  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString("hex")}.tmp`);
-  const handle = await open(temp, "wx", mode);
+  const temp = path.join(path.dirname(file), `.${path.basename(file)}.tmp`);
+  const handle = await open(temp, "w", mode);
   try {
     try {
       // open()'s mode is masked by the umask (systemd's UMask= may be 0077);

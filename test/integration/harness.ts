@@ -193,7 +193,8 @@ export class Daemon {
       for (const [name, body] of Object.entries(wrappers)) writeFileSync(path.join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
       env.PATH = `${bin}:${env.PATH ?? ""}`;
     }
-    this.child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    // Its own process group, so that teardown also kills the mount or rsync it may have running.
+    this.child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"], detached: true });
     let buffer = "";
     this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
       buffer += chunk;
@@ -214,7 +215,18 @@ export class Daemon {
   }
 
   static standardConfig(root: TestRoot, extra: Record<string, string | number> = {}): string {
-    const keys: Record<string, string | number> = { datadir: root.data, cachedir: root.cache, mountdir: root.mnt, capacity: "200MB", period: 4, interval: 0.3, ...extra };
+    // state_dir and runtime_dir too: a test writes nothing outside its root.
+    const keys: Record<string, string | number> = {
+      datadir: root.data,
+      cachedir: root.cache,
+      mountdir: root.mnt,
+      capacity: "200MB",
+      period: 4,
+      interval: 0.3,
+      state_dir: path.join(root.root, "state"),
+      runtime_dir: path.join(root.root, "run"),
+      ...extra,
+    };
     return Object.entries(keys).map(([k, v]) => `${k} = ${v}`).join("\n") + "\n";
   }
 
@@ -232,6 +244,15 @@ export class Daemon {
 
   signal(sig: NodeJS.Signals): void {
     this.child.kill(sig);
+  }
+
+  /** SIGKILL to the daemon and every program it started (a mount in flight would land after teardown). */
+  killAll(): void {
+    try {
+      if (this.child.pid !== undefined) process.kill(-this.child.pid, "SIGKILL");
+    } catch {
+      // the group is gone already
+    }
   }
 
   async exit(timeoutMs = 20_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -277,31 +298,27 @@ const readers = new Set<ChildProcess>();
 /** A job that keeps reading a dataset until stopped (or the test root is torn down). */
 export function startReader(dir: string): { stop: () => Promise<void> } {
   const script = `while :; do find "$1" -type f -exec dd of=/dev/null bs=1M iflag=nocache status=none if={} \\; ; sleep 0.2; done`;
-  const child = spawn("sh", ["-c", script, "reader", dir], { stdio: "ignore" });
+  // A process group of its own: stopping it stops the dd it is running too, which would hold the mount.
+  const child = spawn("sh", ["-c", script, "reader", dir], { stdio: "ignore", detached: true });
   readers.add(child);
-  return {
-    stop: () =>
-      new Promise<void>((resolve) => {
-        readers.delete(child);
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        child.on("exit", () => resolve());
-        child.kill("SIGKILL");
-      }),
-  };
+  return { stop: () => stopReader(child) };
+}
+
+function stopReader(child: ChildProcess): Promise<void> {
+  readers.delete(child);
+  return new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.on("exit", () => resolve());
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+    } catch {
+      child.kill("SIGKILL");
+    }
+  });
 }
 
 async function stopReaders(): Promise<void> {
-  await Promise.all(
-    [...readers].map(
-      (child) =>
-        new Promise<void>((resolve) => {
-          readers.delete(child);
-          if (child.exitCode !== null || child.signalCode !== null) return resolve();
-          child.on("exit", () => resolve());
-          child.kill("SIGKILL");
-        }),
-    ),
-  );
+  await Promise.all([...readers].map(stopReader));
 }
 
 /**
@@ -313,14 +330,17 @@ async function stopReaders(): Promise<void> {
 export async function teardown(root: TestRoot, daemon?: Daemon): Promise<LoopRow[]> {
   await stopReaders();
   if (daemon) {
-    daemon.signal("SIGKILL");
+    daemon.killAll();
     await daemon.exit().catch(() => undefined);
   }
-  for (const row of mountsUnder(root.root).reverse()) {
-    try {
-      execFileSync("umount", ["--lazy", row.target], { stdio: "pipe" });
-    } catch {
-      // already gone with its parent
+  // Top first; again while some remain (a stack unmounted from the top shows its next layer).
+  for (let pass = 0; pass < 5 && mountsUnder(root.root).length > 0; pass++) {
+    for (const row of mountsUnder(root.root).reverse()) {
+      try {
+        execFileSync("umount", ["--lazy", row.target], { stdio: "pipe" });
+      } catch {
+        // already gone with its parent
+      }
     }
   }
   // Autoclear releases a loop device asynchronously after the last umount.
@@ -359,6 +379,6 @@ export async function withRoot(label: string, body: (root: TestRoot, track: (d: 
 }
 
 async function teardownDaemon(d: Daemon): Promise<void> {
-  d.signal("SIGKILL");
+  d.killAll();
   await d.exit().catch(() => undefined);
 }

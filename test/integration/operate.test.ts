@@ -126,6 +126,7 @@ test("metrics: Prometheus text over HTTP and in a file for node_exporter, per da
     assert.ok(value(/^scratch_manager_tick_duration_seconds_count (\S+)$/m) > 0);
     await waitUntil("metrics file", () => existsSync(metricsFile) && readFileSync(metricsFile, "utf8").includes("scratch_manager_cache_used_bytes"));
     assert.equal((await fetch(`http://127.0.0.1:${String(serving.port)}/nope`)).status, 404);
+    assert.equal((await d.stop()).code, 0, "SIGTERM with a listener open still exits 0");
   });
 });
 
@@ -186,8 +187,10 @@ test("max_copies bounds concurrent copies and copy_bwlimit throttles each", asyn
       return ["x", "y", "z"].every((n) => stackAt(path.join(root.mnt, n)).length === 2);
     }, 40_000, 50);
     assert.equal(most, 1, "one copy at a time");
-    const finished = d.logs.filter((l) => l.msg === "copy finished");
-    assert.equal(finished.length, 3);
+    const finished = await waitUntil("three copies logged", () => {
+      const lines = d.logs.filter((l) => l.msg === "copy finished");
+      return lines.length === 3 && lines;
+    }, 5000);
     for (const f of finished) assert.ok((f.mbps as number) <= 1.3, `copy at ${String(f.mbps)} MB/s within the 1 MB/s limit`);
   });
 });

@@ -119,11 +119,16 @@ test("a read dataset is copied, verified and mounted over its slow mount; open f
       assert.equal(readHard(target), 16 * MB + "opened before the overmount".length);
       assert.ok(deviceReadBytes(cacheSource) - cacheBefore >= 16 * MB, "cache loop device read the data");
       assert.ok(deviceReadBytes(slowSource) - slowBefore < MB, "slow loop device did not");
-      // The next tick counts those reads; then SIGUSR1 reports them.
-      const ticks = d.logs.filter((l) => l.msg === "tick").length;
-      await waitUntil("a tick", () => d.logs.filter((l) => l.msg === "tick").length > ticks);
-      d.signal("SIGUSR1");
-      const served = await d.waitForLog("bytes served", (l) => l.msg === "bytes served from cache" && (l.bytes as number) >= 16 * MB);
+      // A coming tick counts those reads; SIGUSR1 reports them (asked again until that tick has run).
+      const served = await waitUntil(
+        "SIGUSR1 to report the bytes read from the cache",
+        () => {
+          d.signal("SIGUSR1");
+          return d.find((l) => l.msg === "bytes served from cache" && (l.bytes as number) >= 16 * MB);
+        },
+        20_000,
+        300,
+      );
       assert.ok((served.bytes as number) >= 16 * MB);
     } finally {
       closeSync(fd);

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, utimesSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { backingFileOf, Daemon, loopsBackedUnder, makeImage, mountsUnder, stackAt, startReader, waitUntil, withRoot, type MountRow } from "./harness.js";
+import { backingFileOf, Daemon, loopsBackedUnder, makeImage, mountsUnder, stackAt, startReader, waitUntil, withRoot } from "./harness.js";
 import { prng } from "../unit/helpers.js";
 
 const KB = 1024;
@@ -52,19 +52,29 @@ test("churn: several hundred ticks of adds, replaces, removes and reads end with
 
     const images = readdirSync(root.data).sort();
     const wanted = images.map((f) => f.replace(/\..*$/, ""));
+    let mismatch = "";
+    const differs = (what: string, actual: unknown, expected: unknown) => {
+      mismatch = `${what}: ${JSON.stringify(actual)}, expected ${JSON.stringify(expected)}`;
+      return false;
+    };
     const settled = () => {
       const mountNames = readdirSync(root.mnt).sort();
-      if (JSON.stringify(mountNames) !== JSON.stringify(wanted)) return false;
-      if (readdirSync(root.cache).some((f) => f.endsWith(".partial") || !images.includes(f))) return false;
+      if (JSON.stringify(mountNames) !== JSON.stringify(wanted)) return differs("mount points", mountNames, wanted);
+      const cacheFiles = readdirSync(root.cache);
+      if (cacheFiles.some((f) => f.endsWith(".partial") || !images.includes(f))) return differs("cache files", cacheFiles, images);
       for (const name of wanted) {
-        const stack = stackAt(path.join(root.mnt, name));
-        if (stack.length < 1 || backingFileOf(stack[0] as MountRow) !== path.join(root.data, `${name}.sqfs`)) return false;
-        if (stack.length === 2 && backingFileOf(stack[1] as MountRow) !== path.join(root.cache, `${name}.sqfs`)) return false;
-        if (stack.length > 2) return false;
+        const layers = stackAt(path.join(root.mnt, name)).map((m) => backingFileOf(m));
+        const slow = path.join(root.data, `${name}.sqfs`);
+        const cache = path.join(root.cache, `${name}.sqfs`);
+        if (!(layers.length === 1 && layers[0] === slow) && !(layers.length === 2 && layers[0] === slow && layers[1] === cache)) return differs(`${name}'s stack`, layers, [slow, "(cache)"]);
       }
-      return loopsBackedUnder(root.root).length === mountsUnder(root.root).length;
+      const loops = loopsBackedUnder(root.root).map((l) => l["back-file"]);
+      const mounts = mountsUnder(root.root).map((m) => m.target);
+      return loops.length === mounts.length || differs("loop devices vs mounts", loops, mounts);
     };
-    await waitUntil("the final state", settled, 30_000);
+    await waitUntil("the final state", settled, 30_000).catch((err: unknown) => {
+      throw new Error(`${String(err)}; last difference: ${mismatch}`);
+    });
     for (const name of wanted) {
       const expected = readFileSync(path.join(root.data, `${name}.sqfs`)).equals(readFileSync(versions.get(name)?.[0] as string)) ? `${name} v1` : `${name} v2`;
       assert.equal(readFileSync(path.join(root.mnt, name, "v.txt"), "utf8"), expected, `${name} serves the image now in datadir`);

@@ -504,3 +504,17 @@ describe("catalogue then diff, from a snapshot of the machine", () => {
     },
   );
 });
+
+describe("diff: empty mount points the daemon made", () => {
+  const run = (datasets: Dataset[], ownedDirs: string[]) =>
+    diff({ config, catalog: catalogOf(datasets), stacks: new Map(), cacheFiles: [], cached: new Set(), transfers: new Map(), frozen: new Set(), ownedDirs: new Set(ownedDirs) }).actions.map(describeAction);
+  test("one of ours, left empty after its image went away, is removed", () => {
+    assert.deepEqual(run([], [M("gamma")]), [`rmdir ${M("gamma")}`]);
+  });
+  test("one of ours that a dataset still wants is kept (and mounted)", () => {
+    assert.deepEqual(run([dataset("gamma")], [M("gamma")]), [`mkdir ${M("gamma")}`, `mount slow ${D("gamma.sqfs")} on ${M("gamma")} (squashfs)`]);
+  });
+  test("a directory the daemon did not make is never removed", () => {
+    assert.deepEqual(run([], []), []);
+  });
+});

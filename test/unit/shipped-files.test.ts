@@ -36,6 +36,11 @@ describe("scratch_manager.service", () => {
     assert.deepEqual(line("Restart"), ["Restart=on-failure"]);
     assert.deepEqual(line("RestartPreventExitStatus"), ["RestartPreventExitStatus=2"]);
   });
+  test("Type=notify with a watchdog; systemd-notify is a child, hence NotifyAccess=all", () => {
+    assert.deepEqual(line("Type"), ["Type=notify"]);
+    assert.deepEqual(line("NotifyAccess"), ["NotifyAccess=all"]);
+    assert.equal(line("WatchdogSec").length, 1);
+  });
   test("SIGTERM goes to the daemon alone, which cancels its own copies", () => {
     assert.deepEqual(line("KillMode"), ["KillMode=mixed"]);
   });
