@@ -65,6 +65,8 @@ mountdir = $root/mnt
 capacity = 64MB
 period = 10
 interval = 1
+state_dir = $root/state
+runtime_dir = $root/run
 CONF
 say "starting the daemon: scratch_manager --config $root/scratch_manager.conf"
 cat "$root/scratch_manager.conf"
@@ -91,14 +93,12 @@ say "a job reads imagenet in a loop; watch it move to the cache"
 ( while :; do find "$root/mnt/imagenet" -type f -exec dd of=/dev/null bs=1M iflag=nocache status=none if={} \; ; done ) &
 reader=$!
 exec 3<"$root/mnt/imagenet/README" # a file opened on the slow tier, kept open throughout
+status() { node "$cli" status --config "$root/scratch_manager.conf" "$@"; }
 deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
   layers=$(findmnt -n -o SOURCE "$root/mnt/imagenet" | wc -l)
-  partial=$(find "$root/cache" -name '*.partial' -printf '%s' 2>/dev/null || true)
-  state="slow"
-  [[ -n $partial ]] && state="copying $((partial * 100 / $(stat -c %s "$root/data/imagenet.sqfs")))%"
-  ((layers == 2)) && state="cached (copy mounted over the slow mount)"
-  printf '   %s  imagenet: %s\n' "$(date +%T)" "$state"
+  printf '\n   %s  scratch_manager status\n' "$(date +%T)"
+  status | sed -n '1,5p' | sed 's/^/   /'
   ((layers == 2)) && break
   sleep 1
 done
@@ -113,6 +113,9 @@ done
 printf '   the file opened before the overmount still reads: %s\n' "$(cat <&3)"
 exec 3<&-
 
+sleep 1
+say "scratch_manager status, once imagenet is read from the cache"
+status | sed "s|$root|<root>|g; s/^/   /"
 kill -USR1 "$daemon"
 sleep 0.5
 say "what the daemon did"

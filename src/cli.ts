@@ -6,7 +6,11 @@ import { runCommand } from "./commands/run.js";
 import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
 
+/** Set by packaging/bundle.mjs (esbuild --define): the bundle has no package.json beside it. */
+declare const SCRATCH_MANAGER_VERSION: string | undefined;
+
 function version(): string {
+  if (typeof SCRATCH_MANAGER_VERSION === "string") return SCRATCH_MANAGER_VERSION;
   const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
   return pkg.version;
 }
