@@ -40,7 +40,8 @@ export interface Config {
   /** Prometheus text file for node_exporter's textfile collector, if set. */
   metricsFile?: string;
   /** host:port of the HTTP metrics endpoint, if set. */
-  metricsListen?: { host: string; port: number };
+  /** HOST:PORT of the HTTP metrics endpoint, if set (checked by parseHostPort). */
+  metricsListen?: string;
   verbose: boolean;
 }
 
@@ -172,7 +173,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     copyBwlimit: parseRate("copy_bwlimit", merged.copy_bwlimit as string),
     maxCopies: parseCount("max_copies", merged.max_copies as string),
     metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
-    metricsListen: merged.metrics_listen ? parseListen(merged.metrics_listen) : undefined,
+    metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen), merged.metrics_listen.trim()) : undefined,
     verbose,
   };
 }
@@ -223,13 +224,15 @@ function parseCount(key: string, value: string): number {
   return n;
 }
 
-/** Only an address of this machine: metrics are served to node_exporter or a local agent, not the network. */
-export function parseListen(value: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([\w.-]+)):(\d{1,5})$/.exec(value.trim());
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || host === undefined || !(port >= 0 && port <= 65535)) throw bad("metrics_listen", value, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
-  return { host, port };
+/**
+ * metrics_listen: "127.0.0.1:9456", "[::1]:9456", ":9456" (every address).
+ * Shared with the metrics server, so that what the config accepts is what it binds.
+ */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw bad("metrics_listen", text, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
+  return { host: m[1] ?? m[2] ?? "", port };
 }
 
 function isInside(child: string, parent: string): boolean {

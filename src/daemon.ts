@@ -266,7 +266,7 @@ export class Daemon {
   }
 
   private async ensureMetricsServer(): Promise<void> {
-    const want = this.config.metricsListen ? `${this.config.metricsListen.host}:${this.config.metricsListen.port}` : undefined;
+    const want = this.config.metricsListen;
     if (this.metricsServer?.listen === want) return;
     if (this.metricsServer) {
       await this.metricsServer.close();

@@ -2,7 +2,8 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import { errorMessage, UsageError } from "../errors.js";
+import { parseHostPort } from "../config.js";
+import { errorMessage } from "../errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import type { DatasetState, DatasetStatus, StatusReport } from "./status.js";
 
@@ -45,14 +46,6 @@ export function growth(previous: number | undefined, current: number): number {
 }
 
 /** "127.0.0.1:9456", "[::1]:9456", ":9456" (all addresses) -> host and port. */
-export function parseHostPort(text: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw new UsageError(`metrics_listen = ${JSON.stringify(text)} is not valid; expected HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456`);
-  }
-  return { host: m[1] ?? m[2] ?? "", port };
-}
 
 interface Totals {
   slow: number;

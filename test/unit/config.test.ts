@@ -196,3 +196,36 @@ describe("resolveDirectories: three existing, distinct, non-nested directories, 
     await assertRejectsUsage(resolveDirectories(dirs({ cachedir: path.join(root, "data", "..cache") })), "overlaps");
   });
 });
+
+describe("validateConfig: the operating keys of issue 4", () => {
+  test("defaults keep the original's behaviour: no pins, no idle eviction, nothing kept free, unlimited copies, two at a time", () => {
+    const c = validateConfig(BASE);
+    assert.deepEqual([c.pins, c.maxIdle, c.keepFree, c.copyBwlimit, c.maxCopies, c.metricsFile, c.metricsListen], [[], 0, { kind: "bytes", bytes: 0 }, 0, 2, undefined, undefined]);
+    assert.deepEqual([c.stateDir, c.runtimeDir], ["/var/lib/scratch_manager", "/run/scratch_manager"]);
+  });
+  test("values in their units", () => {
+    const c = validateConfig({ ...BASE, pin: "coco, imagenet coco", max_idle: "2h", keep_free: "10%", copy_bwlimit: "200MB/s", max_copies: "4", metrics_listen: "[::1]:9456" });
+    assert.deepEqual(c.pins, ["coco", "imagenet"]);
+    assert.equal(c.maxIdle, 7200);
+    assert.deepEqual(c.keepFree, { kind: "percent", percent: 10 });
+    assert.equal(c.copyBwlimit, 200 * 1024 ** 2);
+    assert.equal(c.maxCopies, 4);
+    assert.equal(c.metricsListen, "[::1]:9456");
+  });
+  const bad: [RawConfig, string][] = [
+    [{ pin: "a/b" }, "pin"],
+    [{ max_idle: "soon" }, "max_idle"],
+    [{ keep_free: "100%" }, "keep_free"],
+    [{ copy_bwlimit: "fast" }, "copy_bwlimit"],
+    [{ max_copies: "0" }, "max_copies"],
+    [{ max_copies: "1.5" }, "max_copies"],
+    [{ metrics_listen: "localhost" }, "metrics_listen"],
+    [{ metrics_listen: "127.0.0.1:99999" }, "metrics_listen"],
+    [{ state_dir: "relative" }, "state_dir"],
+  ];
+  for (const [raw, key] of bad) {
+    test(`${key} = ${JSON.stringify(Object.values(raw)[0])} is one error naming ${key}`, () => {
+      assertUsageError(() => validateConfig({ ...BASE, ...raw }), `${key} = `, "expected");
+    });
+  }
+});

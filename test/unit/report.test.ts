@@ -7,7 +7,8 @@ import { after, before, describe, test } from "node:test";
 import { statusOutput, cacheFsSpace, resolveRuntimeDir, type MountSpace } from "../../src/commands/status.js";
 import { CONFIG_KEYS } from "../../src/config.js";
 import { UsageError } from "../../src/errors.js";
-import { growth, Metrics, parseHostPort } from "../../src/report/metrics.js";
+import { parseHostPort } from "../../src/config.js";
+import { growth, Metrics } from "../../src/report/metrics.js";
 import {
   DaemonNotRunning,
   DEFAULT_RUNTIME_DIR,
