@@ -55,3 +55,30 @@ export function knapsack(items: readonly KnapsackItem[], capacity: number, bucke
   if (total > capacity) throw new Error(`knapsack overshoot: ${total} > ${capacity}`);
   return chosen.sort((a, b) => a - b);
 }
+
+/**
+ * After knapsack(): add the items it left out, by value density, while their
+ * true sizes still fit. Rounding each weight up to a whole 1/1000 of the
+ * capacity costs an item far smaller than a bucket a whole bucket: with
+ * 10,000 datasets that have a rate, the DP alone reached 0.60 of the LP
+ * bound, and 0.9999 with this pass (BENCHMARKS.md). Only what fits in bytes
+ * is added, so the capacity guarantee holds. Returns indices, ascending.
+ */
+export function fillSlack(items: readonly KnapsackItem[], capacity: number, chosen: readonly number[]): number[] {
+  const taken = new Set(chosen);
+  let used = chosen.reduce((sum, i) => sum + (items[i] as KnapsackItem).weight, 0);
+  const density = (i: number) => (items[i] as KnapsackItem).value / Math.max((items[i] as KnapsackItem).weight, 1e-9);
+  const rest = items
+    .map((_, i) => i)
+    .filter((i) => !taken.has(i) && (items[i] as KnapsackItem).value > 0)
+    .sort((a, b) => density(b) - density(a));
+  const out = [...chosen];
+  for (const i of rest) {
+    const w = (items[i] as KnapsackItem).weight;
+    if (used + w <= capacity) {
+      out.push(i);
+      used += w;
+    }
+  }
+  return out.sort((a, b) => a - b);
+}

@@ -4,10 +4,22 @@ import type { Snapshot } from "../observe/snapshot.js";
 import { MiB } from "../units.js";
 import type { Dataset } from "./catalog.js";
 import type { TransferInfo } from "./diff.js";
-import { knapsack } from "./knapsack.js";
+import { fillSlack, knapsack } from "./knapsack.js";
 
 /** The original's +1 MiB/s for datasets already cached, so a marginal gain does not cause an eviction. */
 export const CACHED_BONUS = MiB;
+
+/**
+ * A copy costs its size, read once from the slow tier next to the jobs; an
+ * uncached dataset's rate is cut by that cost spread over an hour of the
+ * reads it would serve, so it must beat a cached one by more than the copy
+ * costs before it evicts it.
+ */
+export const COPY_AMORTIZE_S = 3600;
+/** ...but it keeps at least this share of its rate, so that it still fills room nobody else wants. */
+export const UNCACHED_FLOOR = 0.5;
+/** A cached dataset, or one being copied, counts its rate 1 + KEEP_FACTOR times: near-equals do not swap back and forth, a copy half done is not thrown away for a marginal gain. */
+export const KEEP_FACTOR = 0.25;
 
 export interface Desired {
   /** Names of the datasets that should be on the cache tier. */
@@ -116,11 +128,25 @@ export interface PlanInput {
   pinned?: ReadonlySet<string>;
   /** Datasets unread for max_idle: worth nothing, so they are evicted even when they fit. */
   idle?: (name: string) => boolean;
+  /** Both tiers over the fast window (Stats.fastRate), bytes/s; without it, slow + cache over the period. */
+  fastRate?: (name: string) => number;
+  /** Datasets whose copy is queued or running. */
+  copying?: ReadonlySet<string>;
+}
+
+/**
+ * What caching a dataset is worth this tick, bytes/s: its rate, more if it is
+ * cached or being copied (KEEP_FACTOR, CACHED_BONUS), less the amortized copy
+ * if it is not (COPY_AMORTIZE_S, UNCACHED_FLOOR).
+ */
+export function planValue(d: Dataset, rate: number, copying: boolean): number {
+  if (d.cache === "valid" || copying) return rate * (1 + KEEP_FACTOR) + CACHED_BONUS;
+  return Math.max(rate * UNCACHED_FLOOR, rate - d.size / COPY_AMORTIZE_S);
 }
 
 /**
  * Which datasets to cache: the pins that fit, then a 0/1 knapsack over
- * (slow + cache throughput, image size) in the room left. Pure.
+ * (planValue, image size) in the room left, then fillSlack. Pure.
  */
 export function plan(input: PlanInput): Set<string> {
   const list = [...input.datasets];
@@ -128,11 +154,16 @@ export function plan(input: PlanInput): Set<string> {
   const chosen = new Set(fit.map((d) => d.name));
   const rest = list.filter((d) => !chosen.has(d.name));
   const room = input.budgetBytes - fit.reduce((sum, d) => sum + d.size, 0);
-  const items = rest.map((d) => {
-    if (input.idle?.(d.name)) return { value: 0, weight: d.size };
-    const r = input.rate(d.name);
-    return { value: r.slow + r.cache + (d.cache === "valid" ? CACHED_BONUS : 0), weight: d.size };
-  });
-  for (const i of knapsack(items, room)) chosen.add((rest[i] as Dataset).name);
+  const rateOf =
+    input.fastRate ??
+    ((name: string) => {
+      const r = input.rate(name);
+      return r.slow + r.cache;
+    });
+  const items = rest.map((d) => ({
+    value: input.idle?.(d.name) ? 0 : planValue(d, rateOf(d.name), input.copying?.has(d.name) ?? false),
+    weight: d.size,
+  }));
+  for (const i of fillSlack(items, room, knapsack(items, room))) chosen.add((rest[i] as Dataset).name);
   return chosen;
 }

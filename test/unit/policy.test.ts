@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import type { LoopDevice } from "../../src/observe/loops.js";
 import { tmpPathFor, type Dataset } from "../../src/plan/catalog.js";
 import type { TransferInfo } from "../../src/plan/diff.js";
-import { admitCopies, CACHED_BONUS, capacityBytes, ghostBytes, occupiedBytes, plan, writableBytes } from "../../src/plan/policy.js";
+import { admitCopies, CACHED_BONUS, capacityBytes, COPY_AMORTIZE_S, ghostBytes, KEEP_FACTOR, occupiedBytes, plan, planValue, UNCACHED_FLOOR, writableBytes } from "../../src/plan/policy.js";
 import { CACHE, DATA, dataset, fileEntry, GiB, loopDevice, makeConfig, MiB, prng, randInt, snapshot, TiB } from "./helpers.js";
 
 type Rates = Record<string, { slow: number; cache: number }>;
@@ -31,10 +31,11 @@ describe("plan: which datasets to cache", () => {
     assert.deepEqual(planWith(datasets, rates, 10 * GiB), ["a"]);
   });
 
-  describe("+1 MiB/s for datasets with a valid cached copy: no eviction for a marginal gain", () => {
+  describe("hysteresis: a challenger must beat 1.25 x the cached rate + 1 MiB/s, after its copy's cost (10 GiB over an hour, 2.84 MiB/s)", () => {
     const cases: { title: string; cache: Dataset["cache"]; challenger: number; winner: string }[] = [
       { title: "cached at 10 MiB/s beats a challenger at 10.5 MiB/s", cache: "valid", challenger: 10.5 * MiB, winner: "old" },
-      { title: "cached at 10 MiB/s loses to a challenger at 11.5 MiB/s", cache: "valid", challenger: 11.5 * MiB, winner: "new" },
+      { title: "cached at 10 MiB/s beats a challenger at 16 MiB/s (16 - 2.84 < 13.5)", cache: "valid", challenger: 16 * MiB, winner: "old" },
+      { title: "cached at 10 MiB/s loses to a challenger at 17 MiB/s (17 - 2.84 > 13.5)", cache: "valid", challenger: 17 * MiB, winner: "new" },
       { title: "a stale copy gets no bonus: 10 MiB/s loses to 10.5 MiB/s", cache: "stale", challenger: 10.5 * MiB, winner: "new" },
       { title: "no copy, no bonus: 10 MiB/s loses to 10.5 MiB/s", cache: "none", challenger: 10.5 * MiB, winner: "new" },
     ];
@@ -45,6 +46,38 @@ describe("plan: which datasets to cache", () => {
         assert.deepEqual(planWith(datasets, rates, 15 * GiB), [c.winner]);
       });
     }
+  });
+
+  test("a copy in progress keeps its place like a cached copy: not cancelled for a marginal gain", () => {
+    const datasets = [dataset("old"), dataset("new")];
+    const rates: Rates = { old: { slow: 10 * MiB, cache: 0 }, new: { slow: 16 * MiB, cache: 0 } };
+    const rate = (name: string) => rates[name] ?? { slow: 0, cache: 0 };
+    assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB, copying: new Set(["old"]) })], ["old"]);
+    assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB })], ["new"]);
+  });
+
+  test("the fast rate, when given, is what counts", () => {
+    const datasets = [dataset("a"), dataset("b")];
+    const rates: Rates = { a: { slow: 9 * MiB, cache: 0 }, b: { slow: 1 * MiB, cache: 0 } };
+    const rate = (name: string) => rates[name] ?? { slow: 0, cache: 0 };
+    const fastRate = (name: string) => (name === "b" ? 20 * MiB : 2 * MiB);
+    assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB })], ["a"]);
+    assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB, fastRate })], ["b"]);
+  });
+
+  test("planValue: a big uncached dataset keeps half its rate, so it still fills free room", () => {
+    const big = dataset("big", { size: 2 * 1024 * GiB });
+    assert.equal(planValue(big, 100 * MiB, false), 100 * MiB * UNCACHED_FLOOR, "2 TiB over an hour is 582 MiB/s: the floor applies");
+    assert.equal(planValue(dataset("s"), 100 * MiB, false), 100 * MiB - (10 * GiB) / COPY_AMORTIZE_S);
+    assert.equal(planValue(dataset("c", { cache: "valid" }), 100 * MiB, false), 100 * MiB * (1 + KEEP_FACTOR) + CACHED_BONUS);
+    assert.deepEqual([...plan({ datasets: [big], rate: () => ({ slow: 100 * MiB, cache: 0 }), budgetBytes: 3 * 1024 * GiB })], ["big"]);
+  });
+
+  test("room the knapsack's rounding leaves is filled: 1,500 small datasets, each far below 1/1000 of the budget", () => {
+    // Each is 1 GiB in a 10 TiB budget (bucket: 10.24 GiB): rounded up, at most 1,000 fit; in bytes all do.
+    const datasets = Array.from({ length: 1500 }, (_, i) => dataset(`d${i}`, { size: GiB }));
+    const chosen = plan({ datasets, rate: () => ({ slow: MiB, cache: 0 }), budgetBytes: 10 * 1024 * GiB });
+    assert.equal(chosen.size, 1500);
   });
 
   test("an idle dataset without a copy is not cached, even with room to spare", () => {

@@ -261,3 +261,18 @@ describe("Stats.setPeriod: a new window without losing the counters", () => {
     assert.equal(stats.rate("coco").slow, MiB, "30 MiB over half of 60 s");
   });
 });
+
+describe("Stats.fastRate: both tiers over a quarter of the period", () => {
+  test("a reader that started 150 s ago shows at its full rate on the fast window, at a quarter of it on the period's", () => {
+    const stats = new Stats(PERIOD_MS);
+    const loop = loopDevice("loop0", path.join(DATA, "coco.sqfs"));
+    const nameOfFile = new Map([["coco.sqfs", "coco"]]);
+    for (let t = 0; t <= 150; t += 5) {
+      stats.update(snapshot({ now: t * SECOND, loops: new Map([["loop0", loop]]), readBytes: new Map([["loop0", t * 4 * MiB]]) }), config, nameOfFile, ["coco"]);
+    }
+    // 600 MiB read in 150 s: the fast window (300 s) divides by at least 150 s, the period's by 600 s.
+    assert.equal(stats.fastRate("coco"), 4 * MiB);
+    assert.equal(stats.rate("coco").slow, MiB);
+    assert.equal(stats.fastRate("unknown"), 0);
+  });
+});
