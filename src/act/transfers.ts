@@ -16,7 +16,6 @@ export interface Transfer extends TransferInfo {
   dest: string;
   startedAt?: number;
   abort: AbortController;
-  bytesDone: number;
   /** Settles when a running copy has ended and its temporary file is gone. */
   done?: Promise<void>;
 }
@@ -76,7 +75,6 @@ export class TransferPool {
       tmpPath: d.tmpPath,
       state: "queued",
       abort: new AbortController(),
-      bytesDone: 0,
     });
     this.options.logger.info({ dataset: d.name, bytes: d.size }, "copy queued");
     this.pump();
@@ -94,21 +92,6 @@ export class TransferPool {
 
   async cancelAll(reason: string): Promise<void> {
     await Promise.all([...this.transfers.keys()].map((name) => this.cancel(name, reason)));
-  }
-
-  /** Refresh bytesDone of running copies from their temporary files. */
-  async refreshProgress(): Promise<void> {
-    await Promise.all(
-      [...this.transfers.values()]
-        .filter((t) => t.state === "running")
-        .map(async (t) => {
-          try {
-            t.bytesDone = (await stat(t.tmpPath)).size;
-          } catch {
-            // not created yet, or just renamed
-          }
-        }),
-    );
   }
 
   private pump(): void {
