@@ -9,7 +9,7 @@ import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages } from "./plan/layers.js";
 import { readLoopAt } from "./observe/loops.js";
-import { admitCopies, cacheFileBytes, capacityBytes, fitPins, ghostBytes, occupiedBytes, plan, planValue, writableBytes } from "./plan/policy.js";
+import { admitCopies, budget, fitPins, occupiedBytes, plan, planValue, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 import { Notifier } from "./act/notify.js";
 import type { Layer } from "./plan/layers.js";
@@ -112,12 +112,8 @@ export class Daemon {
     // 4. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(now);
 
-    // 5. The budget: the capacity, less the space of dropped copies still held open, and
-    //    never so much that the cache file system's free space falls below keep_free.
-    const ghosts = ghostBytes(snapshot, config);
-    const capacity = capacityBytes(config.capacity, snapshot.cacheFs.totalBytes);
-    const keepFree = capacityBytes(config.keepFree, snapshot.cacheFs.totalBytes);
-    const budgetBytes = Math.max(0, Math.min(capacity - ghosts, snapshot.cacheFs.freeBytes + cacheFileBytes(snapshot) - keepFree));
+    // 5. The budget: capacity, less copies held open, within keep_free.
+    const { capacity, keepFree, ghosts, bytes: budgetBytes } = budget(snapshot, config);
 
     // 6. Choose what to cache: the pins that fit, then the knapsack.
     const rate = (name: string) => this.stats.rate(name);

@@ -94,6 +94,30 @@ export function admitCopies(input: { candidates: readonly Dataset[]; occupiedByt
   return admitted;
 }
 
+export interface Budget {
+  /** The configured capacity, in bytes. */
+  capacity: number;
+  /** keep_free, in bytes. */
+  keepFree: number;
+  /** Space held by dropped copies still open (ghostBytes). */
+  ghosts: number;
+  /** What the cached copies may take this tick. */
+  bytes: number;
+}
+
+/**
+ * The cache's budget this tick: the capacity, less the space of dropped
+ * copies still held open, and never so much that the cache file system's
+ * free space would fall below keep_free, other programs' files counted.
+ */
+export function budget(snapshot: Snapshot, config: Config): Budget {
+  const ghosts = ghostBytes(snapshot, config);
+  const capacity = capacityBytes(config.capacity, snapshot.cacheFs.totalBytes);
+  const keepFree = capacityBytes(config.keepFree, snapshot.cacheFs.totalBytes);
+  const bytes = Math.max(0, Math.min(capacity - ghosts, snapshot.cacheFs.freeBytes + cacheFileBytes(snapshot) - keepFree));
+  return { capacity, keepFree, ghosts, bytes };
+}
+
 /** Bytes of the regular files in cachedir as they are on disk now (partial copies at their current size). */
 export function cacheFileBytes(snapshot: Snapshot): number {
   return snapshot.cacheFiles.reduce((sum, f) => sum + (f.type === "file" ? f.size : 0), 0);

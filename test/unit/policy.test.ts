@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import type { LoopDevice } from "../../src/observe/loops.js";
 import { tmpPathFor, type Dataset } from "../../src/plan/catalog.js";
 import type { TransferInfo } from "../../src/plan/diff.js";
-import { admitCopies, CACHED_BONUS, capacityBytes, COPY_AMORTIZE_S, ghostBytes, KEEP_FACTOR, occupiedBytes, plan, planValue, UNCACHED_FLOOR, writableBytes } from "../../src/plan/policy.js";
+import { admitCopies, budget, CACHED_BONUS, capacityBytes, COPY_AMORTIZE_S, ghostBytes, KEEP_FACTOR, occupiedBytes, plan, planValue, UNCACHED_FLOOR, writableBytes } from "../../src/plan/policy.js";
 import { CACHE, DATA, dataset, fileEntry, GiB, loopDevice, makeConfig, MiB, prng, randInt, snapshot, TiB } from "./helpers.js";
 
 type Rates = Record<string, { slow: number; cache: number }>;
@@ -211,4 +211,28 @@ describe("occupiedBytes and admitCopies: copies start only into free space", () 
     const admitted = admitCopies({ candidates, occupiedBytes: 0, capacityBytes: 100 * GiB, writableBytes: 28 * GiB });
     assert.deepEqual([...admitted], ["b", "c"], "a does not fit in 28 GiB; b leaves 8 GiB, enough for c");
   });
+});
+
+describe("budget: capacity, copies held open, keep_free", () => {
+  const fs = (totalBytes: number, freeBytes: number) => ({ totalBytes, freeBytes });
+  const cases: { name: string; config: Parameters<typeof makeConfig>[0]; snap: Parameters<typeof snapshot>[0]; bytes: number }[] = [
+    { name: "the capacity, when the file system has room", config: { capacity: { kind: "bytes", bytes: 100 * GiB } }, snap: { cacheFs: fs(1000 * GiB, 900 * GiB) }, bytes: 100 * GiB },
+    { name: "N% of the file system", config: { capacity: { kind: "percent", percent: 25 } }, snap: { cacheFs: fs(1000 * GiB, 900 * GiB) }, bytes: 250 * GiB },
+    {
+      name: "less a dropped copy still held open",
+      config: { capacity: { kind: "bytes", bytes: 100 * GiB } },
+      snap: { cacheFs: fs(1000 * GiB, 900 * GiB), loops: new Map([["7:1", loopDevice("loop1", path.join(CACHE, "old.sqfs"), { deleted: true, sizeBytes: 30 * GiB })]]) },
+      bytes: 70 * GiB,
+    },
+    {
+      name: "other programs' files and keep_free shrink it below the capacity (our own files count as ours)",
+      config: { capacity: { kind: "bytes", bytes: 100 * GiB }, keepFree: { kind: "bytes", bytes: 50 * GiB } },
+      snap: { cacheFs: fs(1000 * GiB, 80 * GiB), cacheFiles: [fileEntry(CACHE, "a.sqfs", { size: 40 * GiB })] },
+      bytes: 70 * GiB,
+    },
+    { name: "never negative", config: { keepFree: { kind: "percent", percent: 50 } }, snap: { cacheFs: fs(1000 * GiB, 10 * GiB) }, bytes: 0 },
+  ];
+  for (const c of cases) {
+    test(c.name, () => assert.equal(budget(snapshot(c.snap), makeConfig(c.config)).bytes, c.bytes));
+  }
 });
