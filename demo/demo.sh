@@ -18,7 +18,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cli="$top/build/src/cli.js"
 [[ -f $cli ]] || { echo "demo: $cli is missing; run: bash .ci/setup" >&2; exit 2; }
 root=$(mktemp -d /tmp/sm-demo.XXXXXX)
-mkdir -p "$root"/{data,cache,mnt,work,bin}
+mkdir -p "$root"/{data,cache,mnt,work}
 daemon=""
 reader=""
 
@@ -55,9 +55,6 @@ make_image imagenet 48
 make_image wiki 4
 ls -l "$root/data"
 
-# Slow the copy down (8 MiB/s) so that it can be watched.
-printf '#!/bin/sh\nexec /usr/bin/rsync --bwlimit=8192 "$@"\n' >"$root/bin/rsync"
-chmod +x "$root/bin/rsync"
 cat >"$root/scratch_manager.conf" <<CONF
 datadir = $root/data
 cachedir = $root/cache
@@ -65,12 +62,14 @@ mountdir = $root/mnt
 capacity = 64MB
 period = 10
 interval = 1
+; slow the copy down so that it can be watched
+copy_bwlimit = 8MB
 state_dir = $root/state
 runtime_dir = $root/run
 CONF
 say "starting the daemon: scratch_manager --config $root/scratch_manager.conf"
 cat "$root/scratch_manager.conf"
-PATH="$root/bin:$PATH" node "$cli" --config "$root/scratch_manager.conf" >"$root/daemon.log" 2>&1 &
+node "$cli" --config "$root/scratch_manager.conf" >"$root/daemon.log" 2>&1 &
 daemon=$!
 
 events() { # the daemon's log, one short line per event

@@ -7,8 +7,14 @@ import type { TransferInfo } from "../plan/diff.js";
 import { MiB } from "../units.js";
 import type { Runner } from "./exec.js";
 
-/** A copy may be long (terabytes over NFS); a stalled one is cut by rsync's own I/O timeout (commandTimeoutS). */
+/** A copy may be long (terabytes over NFS); a stalled one is cut by rsync's I/O timeout or cp's stall watchdog (commandTimeoutS). */
 const COPY_TIMEOUT_MS = 48 * 3600 * 1000;
+
+/** Pause between two fdatasync calls on a running copy's temporary file; see flushWhile. */
+const FLUSH_PAUSE_MS = 100;
+
+/** How often the stall watchdog looks at a cp copy's temporary file. */
+const STALL_CHECK_MS = 1000;
 
 export interface Transfer extends TransferInfo {
   state: "queued" | "running";
@@ -122,12 +128,8 @@ export class TransferPool {
     log.info({ source: t.source, bytes: t.size }, "copy started");
     try {
       await removeIfPresent(t.tmpPath);
-      const bwlimit = this.options.copyBwlimit > 0 ? [`--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`] : [];
-      await this.options.run(
-        "rsync",
-        ["--inplace", "--times", `--timeout=${Math.max(1, Math.round(this.options.commandTimeoutS))}`, ...bwlimit, "--", t.source, t.tmpPath],
-        { timeoutMs: COPY_TIMEOUT_MS, signal: t.abort.signal },
-      );
+      const copying = this.runCopy(t);
+      await Promise.all([copying, flushWhile(t.tmpPath, copying)]);
       if (t.abort.signal.aborted) throw new Error("cancelled");
       await fsyncFile(t.tmpPath);
       const [copied, image] = await Promise.all([stat(t.tmpPath), stat(t.source)]);
@@ -149,6 +151,86 @@ export class TransferPool {
       if (!cancelled) log.error({ err: errorMessage(err), ms: Math.round(performance.now() - started) }, "copy failed");
       return { ok: false, error: errorMessage(err), cancelled };
     }
+  }
+
+  /**
+   * cp lets the kernel copy (copy_file_range, or a reflink when the image and
+   * the cache share a btrfs or XFS file system): a third of rsync's CPU and
+   * twice its ceiling on the testbed (BENCHMARKS.md). rsync stays for
+   * copy_bwlimit, which cp cannot do. cp has no I/O timeout of its own, so a
+   * watchdog cuts it when its temporary file stops growing for
+   * commandTimeoutS (a dead NFS server), as rsync --timeout does.
+   */
+  private async runCopy(t: Transfer): Promise<void> {
+    const timeoutS = Math.max(1, Math.round(this.options.commandTimeoutS));
+    if (this.options.copyBwlimit > 0) {
+      const bwlimit = `--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`;
+      await this.options.run("rsync", ["--inplace", "--times", `--timeout=${timeoutS}`, bwlimit, "--", t.source, t.tmpPath], {
+        timeoutMs: COPY_TIMEOUT_MS,
+        signal: t.abort.signal,
+      });
+      return;
+    }
+    const stop = new AbortController();
+    const cancel = (): void => stop.abort();
+    t.abort.signal.addEventListener("abort", cancel, { once: true });
+    let stalled = false;
+    let size = -1;
+    let movedAt = this.now();
+    const watchdog = setInterval(() => {
+      // A file not created yet counts as no progress: cp may hang opening the image on a dead server.
+      void stat(t.tmpPath).then(
+        (st) => st.size,
+        () => -1,
+      ).then((now) => {
+        if (now !== size) {
+          size = now;
+          movedAt = this.now();
+        } else if (this.now() - movedAt > timeoutS * 1000) {
+          stalled = true;
+          stop.abort();
+        }
+      });
+    }, STALL_CHECK_MS);
+    try {
+      await this.options.run("cp", ["--reflink=auto", "--preserve=timestamps", "--", t.source, t.tmpPath], { timeoutMs: COPY_TIMEOUT_MS, signal: stop.signal });
+    } catch (err) {
+      if (stalled) throw new Error(`no data moved for ${timeoutS} s`);
+      throw err;
+    } finally {
+      clearInterval(watchdog);
+      t.abort.signal.removeEventListener("abort", cancel);
+    }
+  }
+}
+
+/**
+ * Writes a copy back while it is made. Otherwise the page cache keeps it
+ * dirty until dirty_background_ratio (10% of RAM: 51 GB on a 512 GB node)
+ * and the final fsync writes nearly all of it after the last byte was read:
+ * 8-13% of the copy's time on the testbed (BENCHMARKS.md).
+ */
+async function flushWhile(file: string, copying: Promise<unknown>): Promise<void> {
+  let finished = false;
+  const settled = copying.then(
+    () => undefined,
+    () => undefined,
+  );
+  void settled.then(() => {
+    finished = true;
+  });
+  while (!finished) {
+    try {
+      const handle = await open(file, "r");
+      try {
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+    } catch {
+      // not created yet, or removed by a failed copy
+    }
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, FLUSH_PAUSE_MS)), settled]);
   }
 }
 

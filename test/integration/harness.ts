@@ -186,7 +186,11 @@ export class Daemon {
     delete env.NOTIFY_SOCKET;
     Object.assign(env, options.env);
     const wrappers = { ...options.bin };
-    if (options.copyKBps !== undefined) wrappers.rsync = `exec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"`;
+    if (options.copyKBps !== undefined) {
+      wrappers.rsync = `exec /usr/bin/rsync --bwlimit=${options.copyKBps} "$@"`;
+      // The daemon copies with cp when copy_bwlimit is 0: the same slow copy, through rsync, to the same temporary file.
+      wrappers.cp = `for a; do src=$dst; dst=$a; done; exec /usr/bin/rsync --inplace --times --bwlimit=${options.copyKBps} -- "$src" "$dst"`;
+    }
     if (Object.keys(wrappers).length > 0) {
       const bin = path.join(root.root, "bin");
       mkdirSync(bin, { recursive: true });

@@ -353,3 +353,24 @@ test("mounts are nosuid and nodev: a setuid-root binary does not run as root, a 
     assert.equal(statSync(target).mode & 0o022, 0, "mount point not writable by others");
   });
 });
+
+test("a copy that stops moving data (a dead NFS server) is cut after command_timeout and retried with back-off", async () => {
+  await withRoot("stall", async (root, track) => {
+    makeImage(root, path.join(root.data, "ds.sqfs"), { "data.bin": 2 * MB });
+    const flag = path.join(root.root, "hang");
+    writeFileSync(flag, "");
+    // cp that writes a little, then hangs while the flag exists; the real cp once it is gone.
+    const cp = `if [ -e ${flag} ]; then for a; do dst=$a; done; head -c 4096 /dev/zero > "$dst"; exec sleep 600; fi\nexec /bin/cp "$@"`;
+    const d = track(Daemon.start(root, { capacity: "64MB", command_timeout: 2 }, { bin: { cp } }));
+    await waitUntil("mounted", () => stackAt(path.join(root.mnt, "ds")).length === 1);
+    startReader(path.join(root.mnt, "ds"));
+    const failed = await d.waitForLog("stalled copy cut", (l) => l.msg === "copy failed" && l.dataset === "ds");
+    assert.match(String(failed.err), /no data moved for 2 s/);
+    assert.ok((failed.ms as number) >= 2000 && (failed.ms as number) < 10_000, `cut after ${String(failed.ms)} ms`);
+    await d.waitForLog("back-off", (l) => l.msg === "dataset in back-off" && l.dataset === "ds");
+    assert.ok(!readdirSync(root.cache).some((f) => f.endsWith(".partial")), "no partial file");
+    assert.equal(spawnSync("pgrep", ["-f", "sleep 600"]).status, 1, "the hung copy was killed");
+    rmSync(flag);
+    await waitUntil("copied once the server is back", () => stackAt(path.join(root.mnt, "ds")).length === 2, 30_000);
+  });
+});
