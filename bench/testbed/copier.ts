@@ -1,0 +1,153 @@
+/**
+ * One atomic copy (or the `cat` baseline), in a process of its own that
+ * joins the throttled cgroup first, so that every method is measured the
+ * same way: from inside the group, from the start of the copy to the
+ * directory fsync after the rename.
+ *
+ *   node build/bench/testbed/copier.js CGROUP_PROCS METHOD SOURCE DEST
+ *
+ * Every method does what src/act/transfers.ts does around rsync: write a
+ * temporary name next to DEST, fsync it, rename, fsync the directory; the
+ * copy keeps the image's mtime (the daemon verifies size and mtime). Prints
+ * one JSON line: { method, bytes, ms, toolMs, syncMs }.
+ *
+ * "+flush" variants also flush the temporary file while the copy runs
+ * (fdatasync in a loop, on a descriptor of our own): the page cache then
+ * writes the copy back as it is made, instead of all at once in the final
+ * fsync, which on a machine with much RAM (dirty_background_ratio = 10% of
+ * 24 GiB here) would otherwise find nearly the whole copy still dirty.
+ */
+import { copyFile, open, readFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { run, runToNull, sleep } from "./exec.js";
+
+export const METHODS = ["cat", "rsync", "rsync+flush", "cp", "cp+flush", "copyfile", "copyfile+flush"] as const;
+export type Method = (typeof METHODS)[number];
+
+export interface CopyTiming {
+  method: Method;
+  bytes: number;
+  /** From the start of the copy to the end of the directory fsync. */
+  ms: number;
+  /** The copy itself (rsync, cp, copyFile, cat). */
+  toolMs: number;
+  /** fsync of the file, rename, fsync of the directory. */
+  syncMs: number;
+  /**
+   * CPU seconds (user + system) of this process and of the programs it ran
+   * (rsync's receiver included: rsync waits for it), over the whole copy.
+   * Not the kernel's writeback and loop-device workers, which are the same
+   * for every method. Resolution: one clock tick.
+   */
+  cpuS: number;
+}
+
+/** What the daemon passes to rsync (src/act/transfers.ts), with the default command_timeout. */
+export const RSYNC_ARGS = ["--inplace", "--times", "--timeout=60"];
+export const CP_ARGS = ["--reflink=auto", "--preserve=timestamps"];
+
+/** Pause between two fdatasync calls of the flusher; each call itself waits for what was dirty. */
+const FLUSH_PAUSE_MS = 100;
+
+async function fsyncPath(file: string): Promise<void> {
+  const handle = await open(file, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Flushes `file` until `done` settles: the copy's dirty pages are written
+ * back while it reads, so little is left for the final fsync.
+ */
+async function flushWhile(file: string, done: Promise<unknown>): Promise<void> {
+  let finished = false;
+  void done.finally(() => {
+    finished = true;
+  });
+  while (!finished) {
+    try {
+      const handle = await open(file, "r");
+      try {
+        await handle.datasync();
+      } finally {
+        await handle.close();
+      }
+    } catch {
+      // not created yet
+    }
+    await Promise.race([sleep(FLUSH_PAUSE_MS), done.catch(() => undefined)]);
+  }
+}
+
+/** utime + stime + cutime + cstime of /proc/self/stat, in clock ticks: this process and its reaped children. */
+async function cpuTicks(): Promise<number> {
+  const stat = await readFile("/proc/self/stat", "utf8");
+  // Fields after the command name, which may hold spaces: state is field 3, utime field 14.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0);
+}
+
+export async function copyOnce(method: Method, source: string, dest: string): Promise<CopyTiming> {
+  const { size, mtime, atime } = await stat(source);
+  const hz = Number((await run("getconf", ["CLK_TCK"])).stdout.trim()) || 100;
+  const cpuBefore = await cpuTicks();
+  const started = performance.now();
+  if (method === "cat") {
+    const ms = await runToNull("cat", [source]);
+    return { method, bytes: size, ms, toolMs: ms, syncMs: 0, cpuS: ((await cpuTicks()) - cpuBefore) / hz };
+  }
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.partial`);
+  await unlink(tmp).catch(() => undefined);
+  const base = method.replace("+flush", "");
+  let copying: Promise<unknown>;
+  switch (base) {
+    case "rsync":
+      copying = runToNull("rsync", [...RSYNC_ARGS, "--", source, tmp]);
+      break;
+    case "cp":
+      copying = runToNull("cp", [...CP_ARGS, "--", source, tmp]);
+      break;
+    case "copyfile":
+      // libuv: copy_file_range(2), and sendfile(2) where the kernel refuses a cross-file-system copy_file_range (EXDEV).
+      copying = copyFile(source, tmp).then(() => utimes(tmp, atime, mtime));
+      break;
+    default:
+      throw new Error(`copier: unknown method ${method}`);
+  }
+  if (method.endsWith("+flush")) await Promise.all([copying, flushWhile(tmp, copying)]);
+  else await copying;
+  const copied = performance.now();
+  await fsyncPath(tmp);
+  const st = await stat(tmp);
+  if (st.size !== size || Math.floor(st.mtimeMs / 1000) !== Math.floor(mtime.getTime() / 1000)) {
+    throw new Error(`copier: ${method}: copy does not match (size ${st.size} vs ${size}, mtime ${st.mtimeMs} vs ${mtime.getTime()})`);
+  }
+  await rename(tmp, dest);
+  await fsyncPath(path.dirname(dest));
+  const end = performance.now();
+  return { method, bytes: size, ms: end - started, toolMs: copied - started, syncMs: end - copied, cpuS: ((await cpuTicks()) - cpuBefore) / hz };
+}
+
+function isMethod(s: string | undefined): s is Method {
+  return (METHODS as readonly (string | undefined)[]).includes(s);
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [procs, method, source, dest] = argv;
+  if (!procs || !isMethod(method) || !source || (method !== "cat" && !dest)) {
+    console.error(`usage: copier.js CGROUP_PROCS (${METHODS.join("|")}) SOURCE [DEST]`);
+    return 2;
+  }
+  // Join the throttled group before the first read; cgroup v1 moves every thread of the process.
+  await writeFile(procs, String(process.pid));
+  const timing = await copyOnce(method, source, dest ?? "");
+  console.log(JSON.stringify(timing));
+  return 0;
+}
+
+if (process.argv[1] && import.meta.url === new URL(`file://${path.resolve(process.argv[1])}`).href) {
+  process.exitCode = await main(process.argv.slice(2));
+}
