@@ -89,8 +89,8 @@ export function miniTrace(imageSizes: readonly number[]): Trace {
 
 const datasetName = (i: number): string => `d${String(i).padStart(3, "0")}`;
 
-/** Builds the trace's images in datadir; returns their sizes. */
-async function buildImages(datadir: string): Promise<number[]> {
+/** Builds the trace's images in datadir; returns their sizes. Needs mksquashfs, not root. */
+export async function buildImages(datadir: string): Promise<number[]> {
   await mkdir(datadir, { recursive: true });
   const sizes: number[] = [];
   for (const [i, size] of MINI.sizes.entries()) {
@@ -309,8 +309,11 @@ function fromSim(r: SimResult, timeline: Timeline): TraceFigures {
   };
 }
 
-export async function traceSuite(bed: Bed, o: TraceOptions): Promise<string> {
-  const trace = miniTrace(await buildImages(o.datadir));
+/**
+ * The simulated side alone: the daemon's policy (OursPolicy) and the original
+ * on the trace, with the testbed's parameters. Needs no testbed (and no root).
+ */
+export function simulateMini(trace: Trace): { ours: TraceFigures; original: TraceFigures } {
   const config: SimConfig = {
     capacity: MINI.capacity,
     slowBandwidth: MINI.slowBandwidth,
@@ -323,8 +326,15 @@ export async function traceSuite(bed: Bed, o: TraceOptions): Promise<string> {
     const recording = new Recording(policy);
     return fromSim(simulate(trace, recording, config), recording.timeline);
   };
-  const simOurs = simulated(new OursPolicy(trace.sizes.length, MINI.periodS));
-  const simOriginal = simulated(new OriginalPolicy(trace.sizes.length, MINI.periodS));
+  return {
+    ours: simulated(new OursPolicy(trace.sizes.length, MINI.periodS)),
+    original: simulated(new OriginalPolicy(trace.sizes.length, MINI.periodS)),
+  };
+}
+
+export async function traceSuite(bed: Bed, o: TraceOptions): Promise<string> {
+  const trace = miniTrace(await buildImages(o.datadir));
+  const { ours: simOurs, original: simOriginal } = simulateMini(trace);
   const real = await replay(bed, trace, o);
   const cols = [real, simOurs, simOriginal];
   const row = (label: string, f: (x: TraceFigures) => string): string[] => [label, ...cols.map(f)];
