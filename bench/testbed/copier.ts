@@ -19,7 +19,8 @@
  */
 import { copyFile, open, readFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { run, runToNull, sleep } from "./exec.js";
+import { flushWhile } from "../../src/act/transfers.js";
+import { run, runToNull } from "./exec.js";
 
 export const METHODS = ["cat", "rsync", "rsync+flush", "cp", "cp+flush", "copyfile", "copyfile+flush"] as const;
 export type Method = (typeof METHODS)[number];
@@ -47,7 +48,6 @@ export const RSYNC_ARGS = ["--inplace", "--times", "--timeout=60"];
 export const CP_ARGS = ["--reflink=auto", "--preserve=timestamps"];
 
 /** Pause between two fdatasync calls of the flusher; each call itself waits for what was dirty. */
-const FLUSH_PAUSE_MS = 100;
 
 async function fsyncPath(file: string): Promise<void> {
   const handle = await open(file, "r");
@@ -55,30 +55,6 @@ async function fsyncPath(file: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
-  }
-}
-
-/**
- * Flushes `file` until `done` settles: the copy's dirty pages are written
- * back while it reads, so little is left for the final fsync.
- */
-async function flushWhile(file: string, done: Promise<unknown>): Promise<void> {
-  let finished = false;
-  void done.finally(() => {
-    finished = true;
-  });
-  while (!finished) {
-    try {
-      const handle = await open(file, "r");
-      try {
-        await handle.datasync();
-      } finally {
-        await handle.close();
-      }
-    } catch {
-      // not created yet
-    }
-    await Promise.race([sleep(FLUSH_PAUSE_MS), done.catch(() => undefined)]);
   }
 }
 

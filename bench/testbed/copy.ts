@@ -7,14 +7,13 @@
  * methods' order rotates from one repetition to the next, so that no method
  * always runs right after another's writeback.
  */
-import { spawn } from "node:child_process";
 import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Bed, GiB, MiB } from "./bed.js";
 import { METHODS, type CopyTiming, type Method } from "./copier.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
-import { BenchCommandError } from "./exec.js";
+import { runJsonChild } from "./exec.js";
 import { fixed, markdownTable, median, mibps } from "./stats.js";
 
 const COPIER = path.join(path.dirname(fileURLToPath(import.meta.url)), "copier.js");
@@ -40,19 +39,7 @@ export interface CopyPhase {
 
 /** Runs the copier in a fresh process that joins the group itself, then parses its one JSON line. */
 function runCopier(bed: Bed, method: Method, source: string, dest: string): Promise<CopyTiming> {
-  const args = [COPIER, path.join(bed.cgroup, "cgroup.procs"), method, source, dest];
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
-    child.stderr.setEncoding("utf8").on("data", (s: string) => (err += s));
-    child.on("error", reject);
-    child.on("close", (status, signal) => {
-      if (status !== 0) reject(new BenchCommandError([process.execPath, ...args], status, signal, err));
-      else resolve(JSON.parse(out.trim().split("\n").pop() ?? "{}") as CopyTiming);
-    });
-  });
+  return runJsonChild<CopyTiming>(COPIER, [path.join(bed.cgroup, "cgroup.procs"), method, source, dest]);
 }
 
 /** The real daemon, one pinned image: from its "copy started" to its "copy finished" (rsync, fsync, verify, rename). */

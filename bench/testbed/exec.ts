@@ -61,6 +61,26 @@ export function runToNull(file: string, args: readonly string[], timeoutMs = 600
   }).finally(() => closeSync(sink));
 }
 
+/**
+ * Runs `node script args...` (a copier or reader that joins the blkio group
+ * itself) and parses the last line it prints as JSON.
+ */
+export function runJsonChild<T>(script: string, args: readonly string[]): Promise<T> {
+  const argv = [script, ...args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
+    child.stderr.setEncoding("utf8").on("data", (s: string) => (err += s));
+    child.on("error", reject);
+    child.on("close", (status, signal) => {
+      if (status !== 0) reject(new BenchCommandError([process.execPath, ...argv], status, signal, err));
+      else resolve(JSON.parse(out.trim().split("\n").pop() ?? "{}") as T);
+    });
+  });
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A deadline to race against: its timer does not keep the process alive once everything else is done. */

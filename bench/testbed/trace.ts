@@ -20,7 +20,6 @@
  * sides run the same policy; OriginalPolicy's figures are shown too, as the
  * simulator's prediction for the original policy on the same trace.
  */
-import { spawn } from "node:child_process";
 import { mkdir, readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +29,7 @@ import { OriginalPolicy } from "../sim/policies.js";
 import type { SimJob, Trace } from "../sim/trace.js";
 import { Bed, GiB, MiB } from "./bed.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
-import { BenchCommandError, run, sleep } from "./exec.js";
+import { run, runJsonChild, sleep } from "./exec.js";
 import { makeImage } from "./images.js";
 import type { ReaderResult } from "./reader.js";
 import { fixed, markdownTable } from "./stats.js";
@@ -206,19 +205,7 @@ class LoopWatch {
 }
 
 function runReader(bed: Bed, dir: string, rate: number, bytes: number): Promise<ReaderResult> {
-  const args = [READER, path.join(bed.cgroup, "cgroup.procs"), dir, String(rate), String(bytes)];
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
-    child.stderr.setEncoding("utf8").on("data", (s: string) => (err += s));
-    child.on("error", reject);
-    child.on("close", (status, signal) => {
-      if (status !== 0) reject(new BenchCommandError([process.execPath, ...args], status, signal, err));
-      else resolve(JSON.parse(out.trim().split("\n").pop() ?? "{}") as ReaderResult);
-    });
-  });
+  return runJsonChild<ReaderResult>(READER, [path.join(bed.cgroup, "cgroup.procs"), dir, String(rate), String(bytes)]);
 }
 
 export interface TraceOptions {

@@ -210,7 +210,7 @@ export class TransferPool {
  * and the final fsync writes nearly all of it after the last byte was read:
  * 8-13% of the copy's time on the testbed (BENCHMARKS.md).
  */
-async function flushWhile(file: string, copying: Promise<unknown>): Promise<void> {
+export async function flushWhile(file: string, copying: Promise<unknown>): Promise<void> {
   let finished = false;
   const settled = copying.then(
     () => undefined,
