@@ -360,6 +360,8 @@ export class Daemon {
     this.stopped ??= (async () => {
       this.stopping = true;
       this.wake();
+      // systemd shows "deactivating" while the copies are cancelled.
+      await this.attempt("systemd notify", () => this.notifier.send({ STOPPING: "1", STATUS: "stopping: cancelling copies, leaving mounts in place" }));
       await this.transfers.cancelAll("daemon stopping");
       const server = this.metricsServer;
       this.metricsServer = undefined;

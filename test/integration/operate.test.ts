@@ -145,6 +145,7 @@ test("systemd notify: READY=1 after the first tick, STATUS= a summary and WATCHD
     assert.match(lines[0] ?? "", new RegExp(`^/run/systemd/notify-test --pid=${String(d.child.pid)} READY=1 STATUS=1 datasets, 0 cached, 0 copying, 0% of 200 MiB WATCHDOG=1$`));
     assert.ok(mountsUnder(root.mnt).length === 1, "the first tick mounted before READY");
     await d.stop();
+    assert.match(readFileSync(sent, "utf8").trim().split("\n").at(-1) ?? "", /--pid=\d+ STOPPING=1 STATUS=stopping: /, "STOPPING=1 on SIGTERM");
     const quiet = new Daemon(root, { config: Daemon.standardConfig(root, dirs(root)), bin: { "systemd-notify": `echo called >> ${sent}.quiet` } });
     track(quiet);
     await sleep(1000);
