@@ -29,19 +29,13 @@ export interface DaemonOptions {
   notifySocket?: string;
 }
 
+/** Datasets cached and being copied, as the status report says (one definition for the log, the status and systemd). */
+function countStates(report: StatusReport): { cached: number; copying: number } {
+  return { cached: report.datasets.filter((d) => d.state === "cached").length, copying: report.datasets.filter((d) => d.state === "copying").length };
+}
+
 /** After a failure a dataset is left alone for interval x 2^failures, at most this long. */
 const MAX_BACKOFF_MS = 3600 * 1000;
-
-/** What the last tick decided, for status reports and tests. */
-export interface TickSummary {
-  datasets: number;
-  cached: number;
-  copying: number;
-  budgetBytes: number;
-  usedBytes: number;
-  actions: number;
-  ms: number;
-}
 
 /**
  * The reconciler: each tick observes the machine, plans what it wants, and
@@ -65,8 +59,6 @@ export class Daemon {
   private stopping = false;
   private stopped?: Promise<void>;
   private wakeUp?: () => void;
-  lastTick?: TickSummary;
-  lastReport?: StatusReport;
   ticks = 0;
   private readonly notifier: Notifier;
   private readonly metrics = new Metrics();
@@ -93,7 +85,7 @@ export class Daemon {
   }
 
   /** One pass of observe -> plan -> diff -> act. */
-  async tick(): Promise<TickSummary> {
+  async tick(): Promise<StatusReport> {
     const started = performance.now();
     const config = this.config;
 
@@ -163,21 +155,13 @@ export class Daemon {
     this.ticks++;
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
     const ms = Math.round(performance.now() - started);
-    this.lastTick = {
-      datasets: catalog.datasets.size,
-      cached: datasets.filter((d) => d.cache === "valid" && cached.has(d.name)).length,
-      copying: [...this.transfers.all.values()].filter((t) => t.state === "running").length,
-      budgetBytes,
-      usedBytes,
-      actions: actions.length,
-      ms,
-    };
-    this.logger.debug({ ...this.lastTick, ghostBytes: ghosts }, "tick");
 
-    // 9. Tell: the status file, metrics, systemd.
-    this.lastReport = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
-    await this.publish(this.lastReport);
-    return this.lastTick;
+    // 9. Tell: the log, the status file, metrics, systemd.
+    const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
+    const counts = countStates(report);
+    this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
+    await this.publish(report, counts);
+    return report;
   }
 
   private buildReport(input: {
@@ -245,11 +229,9 @@ export class Daemon {
   }
 
   /** Status file, metrics and systemd; a failure of one is logged once and never stops the loop. */
-  private async publish(report: StatusReport): Promise<void> {
+  private async publish(report: StatusReport, { cached, copying }: { cached: number; copying: number }): Promise<void> {
     const config = this.config;
     this.metrics.update(report);
-    const cached = report.datasets.filter((d) => d.state === "cached").length;
-    const copying = report.datasets.filter((d) => d.state === "copying").length;
     const pct = report.cache.capacityBytes > 0 ? Math.round((100 * report.cache.usedBytes) / report.cache.capacityBytes) : 0;
     const summary = `${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
     await Promise.all([

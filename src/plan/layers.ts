@@ -13,13 +13,17 @@ export interface Layer {
   entry: MountEntry;
 }
 
+/** The tier a loop device's backing file belongs to: an image in datadir, a copy in cachedir, or neither. */
+export function tierOf(backingFile: string, config: Pick<Config, "datadir" | "cachedir">): "slow" | "cache" | undefined {
+  const dir = path.dirname(backingFile);
+  return dir === config.datadir ? "slow" : dir === config.cachedir ? "cache" : undefined;
+}
+
 export function classify(entry: MountEntry, snapshot: Snapshot, config: Config): Layer {
   const loop = snapshot.loops.get(entry.majorMinor);
   const base = { mountId: entry.mountId, entry, deleted: false };
   if (!loop) return { ...base, tier: "foreign" };
-  const dir = path.dirname(loop.backingFile);
-  const tier = dir === config.datadir ? "slow" : dir === config.cachedir ? "cache" : "foreign";
-  return { ...base, tier, backingFile: loop.backingFile, deleted: loop.deleted };
+  return { ...base, tier: tierOf(loop.backingFile, config) ?? "foreign", backingFile: loop.backingFile, deleted: loop.deleted };
 }
 
 /** Mount point -> its stack of layers, bottom first, for every mount point directly under mountdir. */

@@ -1,10 +1,10 @@
-import path from "node:path";
 import type { Capacity, Config } from "../config.js";
 import type { Snapshot } from "../observe/snapshot.js";
 import { MiB } from "../units.js";
 import type { Dataset } from "./catalog.js";
 import type { TransferInfo } from "./diff.js";
 import { fillSlack, knapsack } from "./knapsack.js";
+import { tierOf } from "./layers.js";
 
 /** The original's +1 MiB/s for datasets already cached, so a marginal gain does not cause an eviction. */
 export const CACHED_BONUS = MiB;
@@ -42,7 +42,7 @@ export function capacityBytes(capacity: Capacity, cacheFsTotalBytes: number): nu
 export function ghostBytes(snapshot: Snapshot, config: Config): number {
   let bytes = 0;
   for (const loop of snapshot.loops.values()) {
-    if (loop.deleted && path.dirname(loop.backingFile) === config.cachedir) bytes += loop.sizeBytes;
+    if (loop.deleted && tierOf(loop.backingFile, config) === "cache") bytes += loop.sizeBytes;
   }
   return bytes;
 }

@@ -1,6 +1,7 @@
 import path from "node:path";
 import type { Config } from "../config.js";
 import type { Snapshot } from "../observe/snapshot.js";
+import { tierOf } from "./layers.js";
 import { ThroughputWindow } from "./window.js";
 
 export type Tier = "slow" | "cache";
@@ -102,8 +103,7 @@ export class Stats {
       const prev = this.devices.get(loop.name);
       this.devices.set(loop.name, { backingFile: loop.backingFile, bytes });
       const delta = prev && prev.backingFile === loop.backingFile && bytes >= prev.bytes ? bytes - prev.bytes : 0;
-      const dir = path.dirname(loop.backingFile);
-      const tier: Tier | undefined = dir === config.datadir ? "slow" : dir === config.cachedir ? "cache" : undefined;
+      const tier: Tier | undefined = tierOf(loop.backingFile, config);
       if (tier === "cache") this.cacheBytesServed += delta;
       const name = nameOfFile.get(path.basename(loop.backingFile));
       if (!tier || name === undefined || delta === 0) continue;
