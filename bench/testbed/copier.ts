@@ -17,9 +17,9 @@
  * fsync, which on a machine with much RAM (dirty_background_ratio = 10% of
  * 24 GiB here) would otherwise find nearly the whole copy still dirty.
  */
-import { copyFile, open, readFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
+import { copyFile, readFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { flushWhile } from "../../src/act/transfers.js";
+import { flushWhile, fsyncFile } from "../../src/act/transfers.js";
 import { run, runToNull } from "./exec.js";
 
 export const METHODS = ["cat", "rsync", "rsync+flush", "cp", "cp+flush", "copyfile", "copyfile+flush"] as const;
@@ -47,16 +47,6 @@ export interface CopyTiming {
 export const RSYNC_ARGS = ["--inplace", "--times", "--timeout=60"];
 export const CP_ARGS = ["--reflink=auto", "--preserve=timestamps"];
 
-/** Pause between two fdatasync calls of the flusher; each call itself waits for what was dirty. */
-
-async function fsyncPath(file: string): Promise<void> {
-  const handle = await open(file, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** utime + stime + cutime + cstime of /proc/self/stat, in clock ticks: this process and its reaped children. */
 async function cpuTicks(): Promise<number> {
@@ -96,13 +86,13 @@ export async function copyOnce(method: Method, source: string, dest: string): Pr
   if (method.endsWith("+flush")) await Promise.all([copying, flushWhile(tmp, copying)]);
   else await copying;
   const copied = performance.now();
-  await fsyncPath(tmp);
+  await fsyncFile(tmp);
   const st = await stat(tmp);
   if (st.size !== size || Math.floor(st.mtimeMs / 1000) !== Math.floor(mtime.getTime() / 1000)) {
     throw new Error(`copier: ${method}: copy does not match (size ${st.size} vs ${size}, mtime ${st.mtimeMs} vs ${mtime.getTime()})`);
   }
   await rename(tmp, dest);
-  await fsyncPath(path.dirname(dest));
+  await fsyncFile(path.dirname(dest));
   const end = performance.now();
   return { method, bytes: size, ms: end - started, toolMs: copied - started, syncMs: end - copied, cpuS: ((await cpuTicks()) - cpuBefore) / hz };
 }

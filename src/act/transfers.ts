@@ -242,7 +242,7 @@ async function removeIfPresent(file: string): Promise<void> {
   }
 }
 
-async function fsyncFile(file: string): Promise<void> {
+export async function fsyncFile(file: string): Promise<void> {
   const handle = await open(file, "r");
   try {
     await handle.sync();
