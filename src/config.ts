@@ -72,14 +72,17 @@ export type ConfigKey = (typeof CONFIG_KEYS)[number];
 const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
 /** The original's defaults, kept so that existing files work unchanged. */
+export const DEFAULT_STATE_DIR = "/var/lib/scratch_manager";
+export const DEFAULT_RUNTIME_DIR = "/run/scratch_manager";
+
 const DEFAULTS: RawConfig = {
   period: "1200",
   interval: "5",
   naming: "first-dot",
   command_timeout: "60",
   pin: "",
-  state_dir: "/var/lib/scratch_manager",
-  runtime_dir: "/run/scratch_manager",
+  state_dir: DEFAULT_STATE_DIR,
+  runtime_dir: DEFAULT_RUNTIME_DIR,
   max_idle: "0",
   keep_free: "0",
   copy_bwlimit: "0",
@@ -288,6 +291,18 @@ export async function readConfigFile(file: string, required: boolean): Promise<R
     throw new UsageError(`config: cannot read ${file} (${errnoCode(err) ?? String(err)}); pass an existing file with --config`);
   }
   return parseConfigText(text, file);
+}
+
+/**
+ * For the commands other than run (status, pin): the directory named by its
+ * flag, else by the config file (the one given, else the default if it
+ * exists), else the default, so that they find what the daemon uses
+ * without needing the rest of the file to validate.
+ */
+export async function configuredDir(key: "state_dir" | "runtime_dir", flag: string | undefined, configPath: string | undefined): Promise<string> {
+  if (flag) return flag;
+  const raw = await readConfigFile(configPath ?? DEFAULT_CONFIG_PATH, configPath !== undefined);
+  return raw[key] || (DEFAULTS[key] as string);
 }
 
 /** File (explicit, else the default if it exists) + flags -> validated, resolved Config. */

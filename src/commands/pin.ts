@@ -1,5 +1,4 @@
-import { existsSync } from "node:fs";
-import { DEFAULT_CONFIG_PATH, readConfigFile } from "../config.js";
+import { configuredDir } from "../config.js";
 import { UsageError } from "../errors.js";
 import { validName } from "../plan/naming.js";
 import { readPins, updatePins, type Pin } from "../state/pins.js";
@@ -13,17 +12,10 @@ export interface PinFlags {
   stateDir?: string;
 }
 
-const DEFAULT_STATE_DIR = "/var/lib/scratch_manager";
 const DEFAULT_OWNER = "admin";
 
 /** --state-dir, else the config file's state_dir, else the default: the same directory the daemon reads. */
-export async function stateDirFor(flags: { config?: string; stateDir?: string }): Promise<string> {
-  if (flags.stateDir) return flags.stateDir;
-  const file = flags.config ?? DEFAULT_CONFIG_PATH;
-  if (flags.config === undefined && !existsSync(file)) return DEFAULT_STATE_DIR;
-  const raw = await readConfigFile(file, true);
-  return raw.state_dir || DEFAULT_STATE_DIR;
-}
+const stateDirFor = (flags: PinFlags) => configuredDir("state_dir", flags.stateDir, flags.config);
 
 function checkNames(names: readonly string[]): void {
   for (const name of names) {

@@ -1,7 +1,7 @@
 import si from "systeminformation";
-import { DEFAULT_CONFIG_PATH, readConfigFile } from "../config.js";
+import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
-import { DaemonNotRunning, DEFAULT_RUNTIME_DIR, readStatusFile, StatusFileError } from "../report/status-file.js";
+import { DaemonNotRunning, readStatusFile, StatusFileError } from "../report/status-file.js";
 import type { StatusReport } from "../report/status.js";
 import { renderStatus, type FsSpace } from "../report/table.js";
 
@@ -32,12 +32,8 @@ export interface StatusFs extends FsSpace {
 }
 
 /** `--runtime-dir`, else `runtime_dir` in the configuration file (explicit, else the default if it exists), else /run/scratch_manager. */
-export async function resolveRuntimeDir(flags: StatusFlags): Promise<string> {
-  if (flags.runtimeDir !== undefined && flags.runtimeDir !== "") return flags.runtimeDir;
-  const raw = await readConfigFile(flags.config ?? DEFAULT_CONFIG_PATH, flags.config !== undefined);
-  // runtime_dir is not yet in CONFIG_KEYS; read it without relying on the RawConfig type.
-  const fromFile = (raw as Record<string, string | undefined>).runtime_dir;
-  return fromFile !== undefined && fromFile !== "" ? fromFile : DEFAULT_RUNTIME_DIR;
+export function resolveRuntimeDir(flags: StatusFlags): Promise<string> {
+  return configuredDir("runtime_dir", flags.runtimeDir, flags.config);
 }
 
 function isUnder(dir: string, mount: string): boolean {

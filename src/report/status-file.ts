@@ -5,7 +5,7 @@ import { writeFileAtomic } from "./atomic-file.js";
 import { formatAge, formatClock } from "./clock.js";
 import { STATUS_VERSION, type StatusReport } from "./status.js";
 
-export const DEFAULT_RUNTIME_DIR = "/run/scratch_manager";
+export { DEFAULT_RUNTIME_DIR } from "../config.js";
 export const STATUS_FILE_NAME = "status.json";
 
 /**
