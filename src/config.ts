@@ -4,6 +4,7 @@ import ini from "ini";
 import { errnoCode, UsageError } from "./errors.js";
 import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
 import { NAMINGS, validName, type Naming } from "./plan/naming.js";
+import { POLICIES, type PolicyName } from "./plan/policy.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
 
@@ -37,6 +38,8 @@ export interface Config {
   /** Bytes per second of each copy; 0: unlimited. */
   copyBwlimit: number;
   maxCopies: number;
+  /** How datasets are chosen (POLICIES). */
+  policy: PolicyName;
   /** Prometheus text file for node_exporter's textfile collector, if set. */
   metricsFile?: string;
   /** host:port of the HTTP metrics endpoint, if set. */
@@ -64,6 +67,7 @@ export const CONFIG_KEYS = [
   "keep_free",
   "copy_bwlimit",
   "max_copies",
+  "policy",
   "metrics_file",
   "metrics_listen",
 ] as const;
@@ -87,6 +91,7 @@ const DEFAULTS: RawConfig = {
   keep_free: "0",
   copy_bwlimit: "0",
   max_copies: "2",
+  policy: "adaptive",
   metrics_file: "",
   metrics_listen: "",
 };
@@ -161,6 +166,8 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
   }
   const naming = merged.naming as string;
   if (!(NAMINGS as readonly string[]).includes(naming)) throw bad("naming", naming, NAMINGS.join(" or "));
+  const policy = (merged.policy as string).trim();
+  if (!(POLICIES as readonly string[]).includes(policy)) throw bad("policy", policy, POLICIES.join(" or "));
   return {
     ...dirs,
     capacity: parseCapacity(merged.capacity as string),
@@ -175,6 +182,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     keepFree: parseKeepFree(merged.keep_free as string),
     copyBwlimit: parseRate("copy_bwlimit", merged.copy_bwlimit as string),
     maxCopies: parseCount("max_copies", merged.max_copies as string),
+    policy: policy as PolicyName,
     metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
     metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen), merged.metrics_listen.trim()) : undefined,
     verbose,

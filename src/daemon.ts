@@ -9,7 +9,7 @@ import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages } from "./plan/layers.js";
 import { readLoopAt } from "./observe/loops.js";
-import { admitCopies, budget, fitPins, occupiedBytes, plan, planValue, writableBytes } from "./plan/policy.js";
+import { admitCopies, budget, copyPriority, fitPins, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 import { Notifier } from "./act/notify.js";
 import type { Layer } from "./plan/layers.js";
@@ -116,12 +116,13 @@ export class Daemon {
     const datasets = [...catalog.datasets.values()];
     const pinned = new Set(pins.keys());
     const fastRate = (name: string) => this.stats.fastRate(name);
-    const cached = plan({ datasets, rate, budgetBytes, pinned, idle, fastRate, copying: new Set(this.transfers.all.keys()) });
+    const policy = config.policy;
+    const cached = plan({ datasets, rate, budgetBytes, pinned, idle, fastRate, copying: new Set(this.transfers.all.keys()), policy });
     const pinProblems = this.pinProblems(catalog, pinned, budgetBytes);
     const admitted = admitCopies({
       candidates: datasets
         .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
-        .sort((a, b) => Number(pinned.has(b.name)) - Number(pinned.has(a.name)) || planValue(b, fastRate(b.name), false) - planValue(a, fastRate(a.name), false)),
+        .sort((a, b) => Number(pinned.has(b.name)) - Number(pinned.has(a.name)) || copyPriority({ rate, fastRate, policy }, b) - copyPriority({ rate, fastRate, policy }, a)),
       occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
       capacityBytes: Math.min(capacity, budgetBytes + ghosts),
       writableBytes: writableBytes(snapshot, this.transfers.all) - keepFree,

@@ -1,6 +1,6 @@
 import type { Dataset } from "../../src/plan/catalog.js";
 import { knapsack } from "../../src/plan/knapsack.js";
-import { CACHED_BONUS } from "../../src/plan/policy.js";
+import { copyPriority, plan } from "../../src/plan/policy.js";
 import { ThroughputWindow } from "../../src/plan/window.js";
 import type { Decision, PolicyView, SimConfig, SimPolicy } from "./engine.js";
 import type { Trace } from "./trace.js";
@@ -11,10 +11,11 @@ export const indexOfName = (name: string): number => Number(name.slice(1));
 /**
  * (a) The original policy: the same ThroughputWindow per dataset and tier
  * that Stats keeps, fed the same way (every tick, with the cumulative
- * counter), and the knapsack over slow + cache rate over the period, +1
- * MiB/s for cached datasets, admitting the hottest first. The knapsack is
- * src's (weights rounded up): the original's flooring would overfill the
- * cache, which the simulated cache could not hold.
+ * counter), and the daemon's plan() with `policy = original`: the knapsack
+ * over slow + cache rate over the period, +1 MiB/s for cached datasets,
+ * admitting the hottest first. The knapsack is src's (weights rounded up):
+ * the original's flooring would overfill the cache, which the simulated
+ * cache could not hold.
  */
 export class OriginalPolicy implements SimPolicy {
   readonly name = "original";
@@ -35,18 +36,8 @@ export class OriginalPolicy implements SimPolicy {
     // rate() walks the window's samples; plan() and the admission order each ask once per dataset per tick.
     const rates = this.windows.map((w) => ({ slow: w.slow.rate(), cache: w.cache.rate() }));
     const rate = (name: string) => rates[indexOfName(name)] ?? { slow: 0, cache: 0 };
-    const items = view.datasets.map((d) => {
-      const r = rate(d.name);
-      return { value: r.slow + r.cache + (d.cache === "valid" ? CACHED_BONUS : 0), weight: d.size };
-    });
-    const cached = new Set(knapsack(items, view.budgetBytes).map((i) => (view.datasets[i] as Dataset).name));
-    return {
-      cached,
-      priority: (d: Dataset) => {
-        const r = rate(d.name);
-        return r.slow + r.cache;
-      },
-    };
+    const cached = plan({ datasets: view.datasets, rate, budgetBytes: view.budgetBytes, policy: "original" });
+    return { cached, priority: (d: Dataset) => copyPriority({ rate, policy: "original" }, d) };
   }
 }
 

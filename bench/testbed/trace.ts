@@ -15,10 +15,10 @@
  * would come from memory in no time. Bytes served per tier are the loop devices' read counters
  * (/proc/diskstats), as the daemon reads them.
  *
- * Simulated side: simulate() with OursPolicy, which runs the daemon's own
- * plan() and planValue() over the windows Stats keeps (src/plan), so both
- * sides run the same policy; OriginalPolicy's figures are shown too, as the
- * simulator's prediction for the original policy on the same trace.
+ * The daemon runs twice, with `policy = adaptive` (ours) and `policy =
+ * original`. Simulated side: simulate() with OursPolicy and OriginalPolicy,
+ * which run the daemon's own plan() over the windows Stats keeps
+ * (src/plan), so that each real run has its simulated twin.
  */
 import { mkdir, readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
@@ -26,6 +26,7 @@ import { fileURLToPath } from "node:url";
 import { simulate, type Decision, type PolicyView, type SimConfig, type SimPolicy, type SimResult } from "../sim/engine.js";
 import { OursPolicy } from "../sim/ours.js";
 import { OriginalPolicy } from "../sim/policies.js";
+import type { PolicyName } from "../../src/plan/policy.js";
 import type { SimJob, Trace } from "../sim/trace.js";
 import { Bed, GiB, MiB } from "./bed.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
@@ -215,7 +216,7 @@ export interface TraceOptions {
   progress: (line: string) => void;
 }
 
-async function replay(bed: Bed, trace: Trace, o: TraceOptions): Promise<TraceFigures> {
+async function replay(bed: Bed, trace: Trace, o: TraceOptions, policy: PolicyName): Promise<TraceFigures> {
   const dirs: DaemonDirs = { datadir: o.datadir, cachedir: o.cachedir, mountdir: o.mountdir };
   const names = trace.sizes.map((_, i) => datasetName(i));
   await resetDaemon(bed, dirs);
@@ -226,8 +227,8 @@ async function replay(bed: Bed, trace: Trace, o: TraceOptions): Promise<TraceFig
   const daemon = await Daemon.start(
     bed,
     dirs,
-    { capacity: `${MINI.capacity / MiB}MB`, interval: String(MINI.intervalS), period: String(MINI.periodS), max_copies: String(MINI.maxCopies), command_timeout: "60" },
-    "trace",
+    { capacity: `${MINI.capacity / MiB}MB`, interval: String(MINI.intervalS), period: String(MINI.periodS), max_copies: String(MINI.maxCopies), command_timeout: "60", policy },
+    `trace-${policy}`,
   );
   daemon.onEvent((e) => {
     if (!["copy finished", "copy failed", "copy cancelled"].includes(e.msg) || !e.dataset) return;
@@ -322,11 +323,14 @@ export function simulateMini(trace: Trace): { ours: TraceFigures; original: Trac
 export async function traceSuite(bed: Bed, o: TraceOptions): Promise<string> {
   const trace = miniTrace(await buildImages(o.datadir));
   const { ours: simOurs, original: simOriginal } = simulateMini(trace);
-  const real = await replay(bed, trace, o);
-  const cols = [real, simOurs, simOriginal];
+  o.progress("  the daemon with policy = adaptive");
+  const real = await replay(bed, trace, o, "adaptive");
+  o.progress("  the daemon with policy = original");
+  const realOriginal = await replay(bed, trace, o, "original");
+  const cols = [real, realOriginal, simOurs, simOriginal];
   const row = (label: string, f: (x: TraceFigures) => string): string[] => [label, ...cols.map(f)];
   const table = markdownTable(
-    ["", "the daemon on the testbed", "simulator, the daemon's policy (OursPolicy: src's plan)", "simulator, the original policy"],
+    ["", "testbed, policy = adaptive (ours)", "testbed, policy = original", "simulator, ours (OursPolicy: src's plan)", "simulator, original (src's plan, policy = original)"],
     [
       row("bytes read by the jobs", (x) => `${fixed(x.totalBytes / MiB)} MiB`),
       row("fraction served from the cache", (x) => fixed(x.cacheBytes / x.totalBytes, 3)),

@@ -21,6 +21,15 @@ export const UNCACHED_FLOOR = 0.5;
 /** A cached dataset, or one being copied, counts its rate 1 + KEEP_FACTOR times: near-equals do not swap back and forth, a copy half done is not thrown away for a marginal gain. */
 export const KEEP_FACTOR = 0.25;
 
+/**
+ * How datasets are chosen. `adaptive`: planValue over the fast window, then
+ * fillSlack (BENCHMARKS.md, section 5). `original`: the Python daemon's rule,
+ * the knapsack over the period's rate, +1 MiB/s if cached, so that a site
+ * can keep its old behaviour, or compare the two on its own workload.
+ */
+export const POLICIES = ["adaptive", "original"] as const;
+export type PolicyName = (typeof POLICIES)[number];
+
 export interface Desired {
   /** Names of the datasets that should be on the cache tier. */
   cached: Set<string>;
@@ -156,6 +165,28 @@ export interface PlanInput {
   fastRate?: (name: string) => number;
   /** Datasets whose copy is queued or running. */
   copying?: ReadonlySet<string>;
+  /** Default: adaptive. */
+  policy?: PolicyName;
+}
+
+type RateInput = Pick<PlanInput, "rate" | "fastRate" | "policy">;
+
+/** Both tiers over the period: the original's rate, and the adaptive policy's without a fast window. */
+function periodRate(input: RateInput, name: string): number {
+  const r = input.rate(name);
+  return r.slow + r.cache;
+}
+
+/** The order copies are admitted in, highest first: the value that chose them (the original: its rate). */
+export function copyPriority(input: RateInput, d: Dataset): number {
+  if (input.policy === "original") return periodRate(input, d.name);
+  return planValue(d, input.fastRate ? input.fastRate(d.name) : periodRate(input, d.name), false);
+}
+
+function itemValue(input: PlanInput, d: Dataset): number {
+  if (input.idle?.(d.name)) return 0;
+  if (input.policy === "original") return periodRate(input, d.name) + (d.cache === "valid" ? CACHED_BONUS : 0);
+  return planValue(d, input.fastRate ? input.fastRate(d.name) : periodRate(input, d.name), input.copying?.has(d.name) ?? false);
 }
 
 /**
@@ -170,7 +201,7 @@ export function planValue(d: Dataset, rate: number, copying: boolean): number {
 
 /**
  * Which datasets to cache: the pins that fit, then a 0/1 knapsack over
- * (planValue, image size) in the room left, then fillSlack. Pure.
+ * (value, image size) in the room left, then (adaptive) fillSlack. Pure.
  */
 export function plan(input: PlanInput): Set<string> {
   const list = [...input.datasets];
@@ -178,16 +209,9 @@ export function plan(input: PlanInput): Set<string> {
   const chosen = new Set(fit.map((d) => d.name));
   const rest = list.filter((d) => !chosen.has(d.name));
   const room = input.budgetBytes - fit.reduce((sum, d) => sum + d.size, 0);
-  const rateOf =
-    input.fastRate ??
-    ((name: string) => {
-      const r = input.rate(name);
-      return r.slow + r.cache;
-    });
-  const items = rest.map((d) => ({
-    value: input.idle?.(d.name) ? 0 : planValue(d, rateOf(d.name), input.copying?.has(d.name) ?? false),
-    weight: d.size,
-  }));
-  for (const i of fillSlack(items, room, knapsack(items, room))) chosen.add((rest[i] as Dataset).name);
+  const items = rest.map((d) => ({ value: itemValue(input, d), weight: d.size }));
+  const picked = knapsack(items, room);
+  // The original left the knapsack's rounding slack empty; keeping it so keeps its choices.
+  for (const i of input.policy === "original" ? picked : fillSlack(items, room, picked)) chosen.add((rest[i] as Dataset).name);
   return chosen;
 }

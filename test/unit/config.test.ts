@@ -202,7 +202,9 @@ describe("validateConfig: the operating keys of issue 4", () => {
     const c = validateConfig(BASE);
     assert.deepEqual([c.pins, c.maxIdle, c.keepFree, c.copyBwlimit, c.maxCopies, c.metricsFile, c.metricsListen], [[], 0, { kind: "bytes", bytes: 0 }, 0, 2, undefined, undefined]);
     assert.deepEqual([c.stateDir, c.runtimeDir], ["/var/lib/scratch_manager", "/run/scratch_manager"]);
+    assert.equal(c.policy, "adaptive");
   });
+  test("policy = original selects the Python daemon's rule", () => assert.equal(validateConfig({ ...BASE, policy: " original " }).policy, "original"));
   test("values in their units", () => {
     const c = validateConfig({ ...BASE, pin: "coco, imagenet coco", max_idle: "2h", keep_free: "10%", copy_bwlimit: "200MB/s", max_copies: "4", metrics_listen: "[::1]:9456" });
     assert.deepEqual(c.pins, ["coco", "imagenet"]);
@@ -222,6 +224,7 @@ describe("validateConfig: the operating keys of issue 4", () => {
     [{ metrics_listen: "localhost" }, "metrics_listen"],
     [{ metrics_listen: "127.0.0.1:99999" }, "metrics_listen"],
     [{ state_dir: "relative" }, "state_dir"],
+    [{ policy: "lru" }, "policy"],
   ];
   for (const [raw, key] of bad) {
     test(`${key} = ${JSON.stringify(Object.values(raw)[0])} is one error naming ${key}`, () => {

@@ -47,6 +47,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     keepFree: { kind: "bytes", bytes: 0 },
     copyBwlimit: 0,
     maxCopies: 2,
+    policy: "adaptive",
     verbose: false,
     ...over,
   };

@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import type { LoopDevice } from "../../src/observe/loops.js";
 import { tmpPathFor, type Dataset } from "../../src/plan/catalog.js";
 import type { TransferInfo } from "../../src/plan/diff.js";
-import { admitCopies, budget, CACHED_BONUS, capacityBytes, COPY_AMORTIZE_S, ghostBytes, KEEP_FACTOR, occupiedBytes, plan, planValue, UNCACHED_FLOOR, writableBytes } from "../../src/plan/policy.js";
+import { admitCopies, budget, CACHED_BONUS, capacityBytes, copyPriority, COPY_AMORTIZE_S, ghostBytes, KEEP_FACTOR, occupiedBytes, plan, planValue, UNCACHED_FLOOR, writableBytes } from "../../src/plan/policy.js";
 import { CACHE, DATA, dataset, fileEntry, GiB, loopDevice, makeConfig, MiB, prng, randInt, snapshot, TiB } from "./helpers.js";
 
 type Rates = Record<string, { slow: number; cache: number }>;
@@ -78,6 +78,36 @@ describe("plan: which datasets to cache", () => {
     const datasets = Array.from({ length: 1500 }, (_, i) => dataset(`d${i}`, { size: GiB }));
     const chosen = plan({ datasets, rate: () => ({ slow: MiB, cache: 0 }), budgetBytes: 10 * 1024 * GiB });
     assert.equal(chosen.size, 1500);
+  });
+
+  describe("policy = original: the Python daemon's rule", () => {
+    const rates: Rates = { old: { slow: 0, cache: 10 * MiB }, new: { slow: 10.5 * MiB, cache: 0 } };
+    const rate = (name: string) => rates[name] ?? { slow: 0, cache: 0 };
+    test("only +1 MiB/s keeps a cached dataset: 10 MiB/s cached beats 10.5, loses to 11.5", () => {
+      const datasets = [dataset("old", { cache: "valid" }), dataset("new")];
+      assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB, policy: "original" })], ["old"]);
+      const faster = (name: string) => (name === "new" ? { slow: 11.5 * MiB, cache: 0 } : rate(name));
+      assert.deepEqual([...plan({ datasets, rate: faster, budgetBytes: 15 * GiB, policy: "original" })], ["new"]);
+      assert.deepEqual([...plan({ datasets, rate: faster, budgetBytes: 15 * GiB })], ["old"], "adaptive keeps it (1.25 x)");
+    });
+    test("the period's rate counts, not the fast window; a copy in flight gets no bonus", () => {
+      const datasets = [dataset("old"), dataset("new")];
+      const fast = (name: string) => (name === "old" ? 40 * MiB : 1 * MiB);
+      assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB, fastRate: fast, copying: new Set(["old"]), policy: "original" })], ["new"]);
+      assert.deepEqual([...plan({ datasets, rate, budgetBytes: 15 * GiB, fastRate: fast, copying: new Set(["old"]) })], ["old"]);
+    });
+    test("the knapsack's rounding slack stays empty, as in the original", () => {
+      const datasets = Array.from({ length: 1500 }, (_, i) => dataset(`d${i}`, { size: GiB }));
+      const chosen = plan({ datasets, rate: () => ({ slow: MiB, cache: 0 }), budgetBytes: 10 * 1024 * GiB, policy: "original" });
+      assert.ok(chosen.size <= 1000, `${chosen.size} chosen`);
+    });
+    test("copies are admitted by rate (original) or by the value that chose them (adaptive)", () => {
+      const big = dataset("big", { size: 2 * TiB });
+      const small = dataset("small");
+      const r = (name: string) => (name === "big" ? { slow: 100 * MiB, cache: 0 } : { slow: 60 * MiB, cache: 0 });
+      assert.ok(copyPriority({ rate: r, policy: "original" }, big) > copyPriority({ rate: r, policy: "original" }, small));
+      assert.ok(copyPriority({ rate: r }, big) < copyPriority({ rate: r }, small), "the big one's copy cost halves its value: 50 < 57 MiB/s");
+    });
   });
 
   test("an idle dataset without a copy is not cached, even with room to spare", () => {
