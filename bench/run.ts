@@ -6,7 +6,7 @@
  */
 import { describeMachine, formatMachine } from "./machine.js";
 import { runPlanner } from "./planner.js";
-import { runAblation, runSeeds, runSim } from "./sim/suites.js";
+import { runAblation, runSeeds, runSim, runTune } from "./sim/suites.js";
 
 const log = (line: string): void => console.log(line);
 
@@ -15,6 +15,7 @@ const suites: Record<string, () => void | Promise<void>> = {
   sim: () => runSim(log),
   seeds: () => runSeeds(log),
   ablation: () => runAblation(log),
+  tune: () => runTune(log),
 };
 const DEFAULT = ["planner", "sim"];
 

@@ -142,3 +142,44 @@ export async function runAblation(log: (line: string) => void): Promise<void> {
     log(row([label, ...cells]));
   }
 }
+
+/** Candidates compared by `tune`, on the tuning seeds only. */
+export const TUNING_SEEDS = [1, 2, 3] as const;
+export const CANDIDATES: readonly { label: string; params: VariantParams }[] = [
+  { label: "ours", params: OURS_AS_VARIANT },
+  { label: "keep by 1200 s", params: { ...OURS_AS_VARIANT, keepWindowS: 1200 } },
+  { label: "keep by 600 s", params: { ...OURS_AS_VARIANT, keepWindowS: 600 } },
+  { label: "keep by 1200 s, keepFactor 0.1", params: { ...OURS_AS_VARIANT, keepWindowS: 1200, keepFactor: 0.1 } },
+  { label: "ski rental", params: { ...OURS_AS_VARIANT, admitReuse: 1, longTauS: 3600 } },
+  { label: "ski rental + keep by 1200 s", params: { ...OURS_AS_VARIANT, admitReuse: 1, longTauS: 3600, keepWindowS: 1200 } },
+];
+
+/**
+ * How candidates were compared before one went into src: on seeds 1-3
+ * only, each cell the mean over the seeds of candidate / original from
+ * cache, and in parentheses the worst seed, then the mean copied ratio.
+ */
+export async function runTune(log: (line: string) => void): Promise<void> {
+  const specs: PolicySpec[] = [{ kind: "original" }, ...CANDIDATES.map((c) => ({ kind: "variant" as const, ...c }))];
+  const tasks: Task[] = TUNING_SEEDS.flatMap((seed) => TRACE_KINDS.flatMap((trace) => SHARES.flatMap((share) => specs.map((policy) => ({ trace, seed, share, policy })))));
+  const results = await runTasks(tasks);
+  const columns = TRACE_KINDS.flatMap((k) => SHARES.map((s) => ({ kind: k, share: s })));
+  log(`## tune: seeds ${TUNING_SEEDS.join(", ")}; candidate / original from cache: mean (worst seed), copied ratio mean`);
+  log(row(["candidate", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)]));
+  log(row(Array.from({ length: columns.length + 1 }, () => "---")));
+  const find = (spec: PolicySpec, kind: TraceKind, share: number, seed: number) => {
+    const r = results.find((_, i) => tasks[i]?.policy === spec && tasks[i]?.trace === kind && tasks[i]?.share === share && tasks[i]?.seed === seed);
+    if (!r) throw new Error("missing tune result");
+    return r;
+  };
+  for (const spec of specs.slice(1)) {
+    const cells = columns.map((c) => {
+      const pairs = TUNING_SEEDS.map((seed) => ({ mine: find(spec, c.kind, c.share, seed), base: find(specs[0] as PolicySpec, c.kind, c.share, seed) }));
+      const ratios = pairs.map((p) => fraction(p.mine) / fraction(p.base));
+      const copied = pairs.map((p) => p.mine.copiedBytes / p.base.copiedBytes);
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      return `${mean(ratios).toFixed(3)} (${Math.min(...ratios).toFixed(3)}), ${mean(copied).toFixed(2)}`;
+    });
+    log(row([spec.kind === "variant" ? spec.label : spec.kind, ...cells]));
+  }
+}

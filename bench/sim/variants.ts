@@ -59,6 +59,12 @@ export interface VariantParams {
   /** Weight of the long memory's mean rate (decayed bytes / longTauS) in the predicted rate; 0 turns it off. */
   longWeight: number;
   longTauS: number;
+  /**
+   * A cached or copying dataset's rate is the larger of the windowS rate and
+   * the rate over this longer window (slow to forget, quick to admit); 0
+   * turns it off.
+   */
+  keepWindowS: number;
 }
 
 /** Ours, in this form: see ours.ts for why each number. */
@@ -71,6 +77,7 @@ export const OURS_AS_VARIANT: VariantParams = {
   admitReuse: 0,
   longWeight: 0,
   longTauS: 4 * 3600,
+  keepWindowS: 0,
 };
 
 interface VariantRates {
@@ -78,6 +85,8 @@ interface VariantRates {
   rate: number;
   /** Both tiers, decayed over longTauS. */
   recentBytes: number;
+  /** Both tiers over keepWindowS (0 when off). */
+  keepRate: number;
 }
 
 function predicted(r: VariantRates, p: VariantParams): number {
@@ -86,7 +95,7 @@ function predicted(r: VariantRates, p: VariantParams): number {
 
 function variantValue(d: Dataset, r: VariantRates, copying: boolean, p: VariantParams): number {
   const rate = predicted(r, p);
-  if (d.cache === "valid" || copying) return rate * (1 + p.keepFactor) + p.keepBonus;
+  if (d.cache === "valid" || copying) return Math.max(rate, r.keepRate) * (1 + p.keepFactor) + p.keepBonus;
   return Math.max(p.floorFactor * rate, rate - d.size / p.amortizeS);
 }
 
@@ -112,7 +121,7 @@ export function planVariant(datasets: readonly Dataset[], rates: readonly Varian
 }
 
 export class VariantPolicy implements SimPolicy {
-  private readonly stats: { slow: ThroughputWindow; cache: ThroughputWindow; recent: DecayingCounter }[];
+  private readonly stats: { slow: ThroughputWindow; cache: ThroughputWindow; recent: DecayingCounter; keep?: { slow: ThroughputWindow; cache: ThroughputWindow } }[];
 
   constructor(
     datasets: number,
@@ -125,6 +134,7 @@ export class VariantPolicy implements SimPolicy {
       slow: new ThroughputWindow(params.windowS * 1000),
       cache: new ThroughputWindow(params.windowS * 1000),
       recent: new DecayingCounter(params.longTauS * 1000),
+      keep: params.keepWindowS > 0 ? { slow: new ThroughputWindow(params.keepWindowS * 1000), cache: new ThroughputWindow(params.keepWindowS * 1000) } : undefined,
     }));
   }
 
@@ -134,13 +144,15 @@ export class VariantPolicy implements SimPolicy {
     s.slow.add(nowMs, slowBytes);
     s.cache.add(nowMs, cacheBytes);
     s.recent.add(nowMs, slowBytes + cacheBytes);
+    s.keep?.slow.add(nowMs, slowBytes);
+    s.keep?.cache.add(nowMs, cacheBytes);
   }
 
   decide(view: PolicyView): Decision {
-    const rates = this.stats.map((s) => ({ rate: s.slow.rate() + s.cache.rate(), recentBytes: s.recent.bytes() }));
+    const rates = this.stats.map((s) => ({ rate: s.slow.rate() + s.cache.rate(), recentBytes: s.recent.bytes(), keepRate: s.keep ? s.keep.slow.rate() + s.keep.cache.rate() : 0 }));
     const copying = new Set(view.copying.keys());
     const cached = planVariant(view.datasets, rates, copying, view.budgetBytes, this.params);
-    const zero = { rate: 0, recentBytes: 0 };
+    const zero = { rate: 0, recentBytes: 0, keepRate: 0 };
     return { cached, priority: (d) => variantValue(d, rates[indexOfName(d.name)] ?? zero, false, this.params) };
   }
 }
