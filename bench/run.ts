@@ -6,7 +6,7 @@
  */
 import { describeMachine, formatMachine } from "./machine.js";
 import { runPlanner } from "./planner.js";
-import { runAblation, runSeeds, runSim, runTune } from "./sim/suites.js";
+import { runAblation, runSeeds, runSim, runStress, runTune } from "./sim/suites.js";
 
 const log = (line: string): void => console.log(line);
 
@@ -16,6 +16,8 @@ const suites: Record<string, () => void | Promise<void>> = {
   seeds: () => runSeeds(log),
   ablation: () => runAblation(log),
   tune: () => runTune(log),
+  "tune-10": () => runTune(log, [0.1]),
+  stress: () => runStress(log),
 };
 const DEFAULT = ["planner", "sim"];
 

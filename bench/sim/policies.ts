@@ -46,6 +46,13 @@ export interface OracleParams {
   horizonS: number;
   /** Whether a copy's own slow-tier reads (its size) count against the bytes it would serve. */
   chargeCopy: boolean;
+  /**
+   * Instead of the bytes within the horizon, a perfect forecast of each
+   * dataset's rate over the horizon fed to ours' plan(): ours with the
+   * future in place of its window, so that the oracle is never beaten just
+   * for lacking ours' copy cost and hysteresis. chargeCopy is then unused.
+   */
+  forecast?: boolean;
 }
 
 /**
@@ -71,7 +78,7 @@ export class OraclePolicy implements SimPolicy {
     private readonly config: SimConfig,
     private readonly params: OracleParams,
   ) {
-    this.name = `oracle(${params.horizonS / 3600}h${params.chargeCopy ? ",charged" : ""})`;
+    this.name = params.forecast ? `oracle(forecast ${params.horizonS / 60} min)` : `oracle(${params.horizonS / 3600}h${params.chargeCopy ? ",charged" : ""})`;
     this.future = trace.sizes.map(() => []);
     for (const j of trace.jobs) this.future[j.dataset]?.push({ start: j.start, rate: j.rate, bytes: j.bytes });
     this.next = trace.sizes.map(() => 0);
@@ -107,6 +114,13 @@ export class OraclePolicy implements SimPolicy {
     }
     const activeBy = view.datasets.map(() => [] as { remaining: number; rate: number }[]);
     for (const a of view.active) activeBy[a.dataset]?.push(a);
+    if (this.params.forecast) {
+      const rates = view.datasets.map((_, i) => this.readsBetween(i, activeBy[i] ?? [], now, now, end) / this.params.horizonS);
+      const fastRate = (name: string) => rates[indexOfName(name)] ?? 0;
+      const rate = (name: string) => ({ slow: fastRate(name), cache: 0 });
+      const cached = plan({ datasets: view.datasets, rate, fastRate, budgetBytes: view.budgetBytes, copying: new Set(view.copying.keys()) });
+      return { cached, priority: (d) => copyPriority({ rate, fastRate }, d) };
+    }
     // A copy gets about a fair share of the slow tier next to the jobs; half of it is a fair guess of that share.
     const copyRate = this.config.slowBandwidth / 2;
     const values = view.datasets.map((d, i) => {

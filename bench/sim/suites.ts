@@ -10,7 +10,7 @@
 import { TiB } from "../datasets.js";
 import type { SimResult } from "./engine.js";
 import { ORACLE_GRID, runTasks, type PolicySpec, type Task } from "./tasks.js";
-import { makeTrace, totalSize, TRACE_KINDS, WORKLOAD, type TraceKind } from "./trace.js";
+import { makeTrace, totalSize, TRACE_KINDS, WORKLOAD, type TraceKind, type Workload } from "./trace.js";
 import { OURS_AS_VARIANT, type VariantParams } from "./variants.js";
 import { checkSameRates } from "./window.js";
 
@@ -147,6 +147,14 @@ export async function runAblation(log: (line: string) => void): Promise<void> {
 export const TUNING_SEEDS = [1, 2, 3] as const;
 export const CANDIDATES: readonly { label: string; params: VariantParams }[] = [
   { label: "ours", params: OURS_AS_VARIANT },
+  { label: "window 75 s", params: { ...OURS_AS_VARIANT, windowS: 75 } },
+  { label: "window 30 s", params: { ...OURS_AS_VARIANT, windowS: 30 } },
+  { label: "window 75 s, keep by 300 s", params: { ...OURS_AS_VARIANT, windowS: 75, keepWindowS: 300 } },
+  { label: "window 30 s, keep by 300 s", params: { ...OURS_AS_VARIANT, windowS: 30, keepWindowS: 300 } },
+  { label: "window 75 s, keep by 600 s", params: { ...OURS_AS_VARIANT, windowS: 75, keepWindowS: 600 } },
+];
+/** Rejected in the first round (BENCHMARKS.md, "How ours was chosen"). */
+export const REJECTED_CANDIDATES: readonly { label: string; params: VariantParams }[] = [
   { label: "keep by 1200 s", params: { ...OURS_AS_VARIANT, keepWindowS: 1200 } },
   { label: "keep by 600 s", params: { ...OURS_AS_VARIANT, keepWindowS: 600 } },
   { label: "keep by 1200 s, keepFactor 0.1", params: { ...OURS_AS_VARIANT, keepWindowS: 1200, keepFactor: 0.1 } },
@@ -159,11 +167,11 @@ export const CANDIDATES: readonly { label: string; params: VariantParams }[] = [
  * only, each cell the mean over the seeds of candidate / original from
  * cache, and in parentheses the worst seed, then the mean copied ratio.
  */
-export async function runTune(log: (line: string) => void): Promise<void> {
-  const specs: PolicySpec[] = [{ kind: "original" }, ...CANDIDATES.map((c) => ({ kind: "variant" as const, ...c }))];
-  const tasks: Task[] = TUNING_SEEDS.flatMap((seed) => TRACE_KINDS.flatMap((trace) => SHARES.flatMap((share) => specs.map((policy) => ({ trace, seed, share, policy })))));
+export async function runTune(log: (line: string) => void, shares: readonly number[] = SHARES, candidates = CANDIDATES): Promise<void> {
+  const specs: PolicySpec[] = [{ kind: "original" }, ...candidates.map((c) => ({ kind: "variant" as const, ...c }))];
+  const tasks: Task[] = TUNING_SEEDS.flatMap((seed) => TRACE_KINDS.flatMap((trace) => shares.flatMap((share) => specs.map((policy) => ({ trace, seed, share, policy })))));
   const results = await runTasks(tasks);
-  const columns = TRACE_KINDS.flatMap((k) => SHARES.map((s) => ({ kind: k, share: s })));
+  const columns = TRACE_KINDS.flatMap((k) => shares.map((s) => ({ kind: k, share: s })));
   log(`## tune: seeds ${TUNING_SEEDS.join(", ")}; candidate / original from cache: mean (worst seed), copied ratio mean`);
   log(row(["candidate", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)]));
   log(row(Array.from({ length: columns.length + 1 }, () => "---")));
@@ -181,5 +189,49 @@ export async function runTune(log: (line: string) => void): Promise<void> {
       return `${mean(ratios).toFixed(3)} (${Math.min(...ratios).toFixed(3)}), ${mean(copied).toFixed(2)}`;
     });
     log(row([spec.kind === "variant" ? spec.label : spec.kind, ...cells]));
+  }
+}
+
+/**
+ * Harsher workloads than the three of `sim`, declared before they were run,
+ * to see how the ratios move where the original should do worst: popularity
+ * that shifts every 30 minutes, five times as many scans, and jobs that
+ * read their dataset only 1-2 times.
+ */
+export const STRESS: readonly { label: string; trace: TraceKind; workload: Partial<Workload> }[] = [
+  { label: "shifting every 30 min", trace: "shifting", workload: { shiftEvery: 1800 } },
+  { label: "scan every 2 min", trace: "scan", workload: { scanInterarrival: 120 } },
+  { label: "1-2 epochs", trace: "steady", workload: { minEpochs: 1, maxEpochs: 2 } },
+];
+
+export async function runStress(log: (line: string) => void): Promise<void> {
+  const shares = [0.1, 0.25] as const;
+  const specs: PolicySpec[] = [{ kind: "original" }, { kind: "ours" }, ...ORACLE_GRID.map((o) => ({ kind: "oracle" as const, ...o }))];
+  const tasks: Task[] = STRESS.flatMap((w) => shares.flatMap((share) => specs.map((policy) => ({ trace: w.trace, workload: w.workload, seed: MAIN_SEED, share, policy }))));
+  const results = await runTasks(tasks);
+  log(`## stress: seed ${MAIN_SEED}, harsher workloads`);
+  log(row(["workload", "capacity", "original", "ours", "oracle", "ours / original", "ours / oracle", "copied TiB, original / ours"]));
+  log(row(Array.from({ length: 8 }, () => "---")));
+  for (const w of STRESS) {
+    for (const share of shares) {
+      const mine = results.filter((_, i) => tasks[i]?.workload === w.workload && tasks[i]?.share === share);
+      const original = mine.find((r) => r.policy === "original");
+      const ours = mine.find((r) => r.policy === "ours");
+      const oracles = mine.filter((r) => r.policy.startsWith("oracle"));
+      if (!original || !ours || oracles.length === 0) throw new Error(`missing stress results for ${w.label}`);
+      const oracle = oracles.reduce((a, b) => (fraction(b) > fraction(a) ? b : a));
+      log(
+        row([
+          w.label,
+          pct(share),
+          pct(fraction(original)),
+          pct(fraction(ours)),
+          `${pct(fraction(oracle))} ${oracle.policy}`,
+          (fraction(ours) / fraction(original)).toFixed(3),
+          (fraction(ours) / fraction(oracle)).toFixed(3),
+          `${tib(original.copiedBytes)} / ${tib(ours.copiedBytes)}`,
+        ]),
+      );
+    }
   }
 }

@@ -10,13 +10,13 @@ import { GiB } from "../datasets.js";
 import { simulate, type SimConfig, type SimPolicy, type SimResult } from "./engine.js";
 import { OursPolicy } from "./ours.js";
 import { OraclePolicy, OriginalPolicy } from "./policies.js";
-import { makeTrace, totalSize, type Trace, type TraceKind } from "./trace.js";
+import { makeTrace, totalSize, type Trace, type TraceKind, type Workload } from "./trace.js";
 import { VariantPolicy, type VariantParams } from "./variants.js";
 
 export type PolicySpec =
   | { kind: "original" }
   | { kind: "ours" }
-  | { kind: "oracle"; horizonS: number; chargeCopy: boolean }
+  | { kind: "oracle"; horizonS: number; chargeCopy: boolean; forecast?: boolean }
   | { kind: "variant"; label: string; params: VariantParams };
 
 export interface Task {
@@ -25,6 +25,8 @@ export interface Task {
   /** Capacity as a share of the trace's total data. */
   share: number;
   policy: PolicySpec;
+  /** Changes to WORKLOAD, for sensitivity runs. */
+  workload?: Partial<Workload>;
 }
 
 /**
@@ -38,25 +40,28 @@ export const NODE = { slowBandwidth: GiB, cacheBandwidth: 4 * GiB, intervalS: 5,
  * offline. Longer look-aheads (2 h, 8 h) never won on seeds 1-3: they keep
  * datasets that will be read later at the expense of those read now.
  */
-export const ORACLE_GRID: readonly { horizonS: number; chargeCopy: boolean }[] = [1800, 3600].flatMap((horizonS) => [
-  { horizonS, chargeCopy: true },
-  { horizonS, chargeCopy: false },
-]);
+export const ORACLE_GRID: readonly { horizonS: number; chargeCopy: boolean; forecast?: boolean }[] = [
+  ...[1800, 3600].flatMap((horizonS) => [
+    { horizonS, chargeCopy: true },
+    { horizonS, chargeCopy: false },
+  ]),
+  ...[300, 900, 1800].map((horizonS) => ({ horizonS, chargeCopy: false, forecast: true })),
+];
 
 const traces = new Map<string, Trace>();
 
-function traceFor(kind: TraceKind, seed: number): Trace {
-  const key = `${kind}/${seed}`;
+function traceFor(kind: TraceKind, seed: number, workload: Partial<Workload> = {}): Trace {
+  const key = `${kind}/${seed}/${JSON.stringify(workload)}`;
   let t = traces.get(key);
   if (!t) {
-    t = makeTrace(kind, seed);
+    t = makeTrace(kind, seed, workload);
     traces.set(key, t);
   }
   return t;
 }
 
 export function runTask(task: Task): SimResult {
-  const trace = traceFor(task.trace, task.seed);
+  const trace = traceFor(task.trace, task.seed, task.workload);
   const config: SimConfig = { ...NODE, capacity: Math.floor(totalSize(trace) * task.share) };
   const n = trace.sizes.length;
   let policy: SimPolicy;
@@ -78,13 +83,13 @@ export function runTask(task: Task): SimResult {
 }
 
 /**
- * Runs the tasks on up to `threads` worker threads, the longest first (the
- * original's runs take several times longer than the others: its window
- * walks all its samples every tick), and returns the results in task order.
+ * Runs the tasks on up to `threads` worker threads, the oracle's first (its
+ * look-ahead walks every future job of a dataset each tick, the longest
+ * runs), and returns the results in task order.
  */
 export async function runTasks(tasks: readonly Task[], threads = os.availableParallelism()): Promise<SimResult[]> {
   const results = new Array<SimResult | undefined>(tasks.length);
-  const cost = (t: Task) => (t.policy.kind === "original" ? 10 : 1);
+  const cost = (t: Task) => (t.policy.kind === "oracle" ? 2 : 1);
   const queue = tasks.map((t, i) => i).sort((a, b) => cost(tasks[b] as Task) - cost(tasks[a] as Task));
   const count = Math.max(1, Math.min(threads, tasks.length));
   await Promise.all(

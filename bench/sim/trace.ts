@@ -61,8 +61,11 @@ export const WORKLOAD = {
   maxScanRate: 1024 * MiB,
 } as const;
 
-export function makeTrace(kind: TraceKind, seed: number): Trace {
-  const w = WORKLOAD;
+/** WORKLOAD's numbers, any of which a sensitivity run may change. */
+export type Workload = { -readonly [K in keyof typeof WORKLOAD]: number };
+
+export function makeTrace(kind: TraceKind, seed: number, changes: Partial<Workload> = {}): Trace {
+  const w: Workload = { ...WORKLOAD, ...changes };
   // Separate streams, so that the sizes and the training jobs of a seed are
   // the same in every trace kind: the kinds differ only in what they add.
   const sizeRand = prng(seed * 7919 + 1);
