@@ -6,7 +6,7 @@
  */
 import { describeMachine, formatMachine } from "./machine.js";
 import { runPlanner } from "./planner.js";
-import { runAblation, runSeeds, runSim, runStress, runTune } from "./sim/suites.js";
+import { COPY_CANDIDATES, runAblation, runSeeds, runSim, runStress, runTune, SHARES } from "./sim/suites.js";
 
 const log = (line: string): void => console.log(line);
 
@@ -18,6 +18,7 @@ const suites: Record<string, () => void | Promise<void>> = {
   tune: () => runTune(log),
   "tune-10": () => runTune(log, [0.1]),
   stress: () => runStress(log),
+  "tune-copy": () => runTune(log, SHARES, COPY_CANDIDATES),
 };
 const DEFAULT = ["planner", "sim"];
 

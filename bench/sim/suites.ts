@@ -165,6 +165,14 @@ export const REJECTED_CANDIDATES: readonly { label: string; params: VariantParam
   { label: "ski rental + keep by 1200 s", params: { ...OURS_AS_VARIANT, admitReuse: 1, longTauS: 3600, keepWindowS: 1200 } },
 ];
 
+/** More copy-averse settings of ours' constants, compared by `tune-copy` at every capacity. */
+export const COPY_CANDIDATES: readonly { label: string; params: VariantParams }[] = [
+  { label: "ours (copy spread over 3600 s, floor 0.5)", params: OURS_AS_VARIANT },
+  { label: "copy spread over 1800 s", params: { ...OURS_AS_VARIANT, amortizeS: 1800 } },
+  { label: "floor 0.25", params: { ...OURS_AS_VARIANT, floorFactor: 0.25 } },
+  { label: "copy spread over 1800 s, floor 0.25", params: { ...OURS_AS_VARIANT, amortizeS: 1800, floorFactor: 0.25 } },
+];
+
 /**
  * How candidates were compared before one went into src: on seeds 1-3
  * only, each cell the mean over the seeds of candidate / original from

@@ -28,6 +28,7 @@ function describe(config: Config): Record<string, unknown> {
     pins: config.pins,
     maxIdle: config.maxIdle,
     maxCopies: config.maxCopies,
+    policy: config.policy,
   };
 }
 

@@ -52,6 +52,7 @@ test("--help works and flags override the file", async () => {
     const d = track(new Daemon(root, { config: Daemon.standardConfig(root, { capacity: "1MB" }), args: ["--capacity", "64MB", "--interval", "0.3"] }));
     await d.waitForLog("starting", (l) => l.msg === "starting");
     assert.equal(d.find((l) => l.msg === "starting")?.capacity, "64.0 MiB");
+    assert.equal(d.find((l) => l.msg === "starting")?.policy, "adaptive");
     startReader(path.join(root.mnt, "alpha"));
     await waitUntil("alpha cached", () => stackAt(path.join(root.mnt, "alpha")).length === 2);
   });
