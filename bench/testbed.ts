@@ -2,10 +2,11 @@
  * Items 1-3 (and 6) of issue 6 on a real two-tier testbed: the real daemon,
  * real loop devices, a read-throttled slow tier. Root only.
  *
- *   node build/bench/testbed.js [verify] [copy] [loop] [trace] [--reps N]
+ *   node build/bench/testbed.js [verify] [copy] [loop] [trace] [scale] [--reps N]
  *
  * With no suite named it runs verify, copy and loop (about 2 minutes);
- * `trace` (item 6) adds about 70 s. Prints the results as markdown on stdout
+ * `trace` (item 6) adds about 130 s, `scale` (item 4 on real mounts) about
+ * 6 minutes. Prints the results as markdown on stdout
  * (BENCHMARKS.md quotes them), progress on stderr.
  *
  * The process re-executes itself in a private mount namespace (`unshare
@@ -26,10 +27,11 @@ import { run } from "./testbed/exec.js";
 import { makeImage } from "./testbed/images.js";
 import { loopSuite } from "./testbed/loop.js";
 import { traceSuite } from "./testbed/trace.js";
+import { scaleSuite } from "./testbed/scale.js";
 import { fixed } from "./testbed/stats.js";
 import { verifyThrottle } from "./testbed/verify.js";
 
-const SUITES = ["verify", "copy", "loop", "trace"] as const;
+const SUITES = ["verify", "copy", "loop", "trace", "scale"] as const;
 type Suite = (typeof SUITES)[number];
 const DEFAULT_SUITES: readonly Suite[] = ["verify", "copy", "loop"];
 
@@ -177,6 +179,14 @@ async function inner(args: Args, root: string): Promise<number> {
       });
       out("");
       out("### 6. One trace on the testbed and in the simulator");
+      out("");
+      out(text);
+    }
+
+    if (args.suites.includes("scale")) {
+      const text = await scaleSuite(bed, root, progress);
+      out("");
+      out("### 4. The daemon with hundreds of real mounts");
       out("");
       out(text);
     }

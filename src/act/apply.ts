@@ -1,4 +1,5 @@
 import { mkdir, rmdir, unlink } from "node:fs/promises";
+import pMap from "p-map";
 import type { Logger } from "pino";
 import { errnoCode, errorMessage } from "../errors.js";
 import { readMountinfo, stackAt } from "../observe/mountinfo.js";
@@ -18,6 +19,14 @@ export interface ActContext {
   onMounted?: (target: string) => Promise<void>;
 }
 
+/**
+ * Keys acted on at once. A first tick on a node with hundreds of images
+ * would otherwise start hundreds of `mount` processes together, each of
+ * which then reads every loop device's sysfs files (readLoopAt): a
+ * thousand datasets ran the daemon out of file descriptors (EMFILE).
+ */
+export const ACT_CONCURRENCY = 8;
+
 export interface ActionFailure {
   action: Action;
   error: string;
@@ -31,8 +40,9 @@ export async function act(actions: readonly Action[], ctx: ActContext): Promise<
   const byKey = new Map<string, Action[]>();
   for (const a of actions) byKey.set(a.key, [...(byKey.get(a.key) ?? []), a]);
   const failures: ActionFailure[] = [];
-  await Promise.all(
-    [...byKey.values()].map(async (steps) => {
+  await pMap(
+    byKey.values(),
+    async (steps) => {
       for (const action of steps) {
         try {
           await perform(action, ctx);
@@ -42,7 +52,8 @@ export async function act(actions: readonly Action[], ctx: ActContext): Promise<
           break;
         }
       }
-    }),
+    },
+    { concurrency: ACT_CONCURRENCY },
   );
   return failures;
 }

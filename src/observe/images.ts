@@ -1,5 +1,7 @@
 import { lstat, open, readdir } from "node:fs/promises";
 import path from "node:path";
+import pMap from "p-map";
+import { READ_CONCURRENCY } from "./concurrency.js";
 import { errnoCode } from "../errors.js";
 
 export type ImageKind = "squashfs" | "erofs";
@@ -65,8 +67,9 @@ export async function probeImage(file: string, size: number): Promise<Probe> {
 /** lstat every entry of a directory; entries that vanish meanwhile are skipped. */
 export async function listDirectory(dir: string): Promise<FileEntry[]> {
   const names = await readdir(dir);
-  const entries = await Promise.all(
-    names.map(async (file): Promise<FileEntry | undefined> => {
+  const entries = await pMap(
+    names,
+    async (file): Promise<FileEntry | undefined> => {
       const full = path.join(dir, file);
       try {
         const st = await lstat(full);
@@ -76,7 +79,8 @@ export async function listDirectory(dir: string): Promise<FileEntry[]> {
         if (errnoCode(err) === "ENOENT") return undefined;
         throw err;
       }
-    }),
+    },
+    { concurrency: READ_CONCURRENCY },
   );
   return entries.filter((e): e is FileEntry => e !== undefined).sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
 }

@@ -1,4 +1,6 @@
 import { statfs } from "node:fs/promises";
+import pMap from "p-map";
+import { READ_CONCURRENCY } from "./concurrency.js";
 import type { Config } from "../config.js";
 import { readLoopReadCounters, type ReadCounters } from "./diskstats.js";
 import { listDirectory, probeImage, type FileEntry, type Probe } from "./images.js";
@@ -56,16 +58,16 @@ export class Observer {
     ]);
     const probes = new Map<string, Probe>();
     const seen = new Map<string, { key: string; probe: Probe }>();
-    await Promise.all(
-      images
-        .filter((e) => e.type === "file")
-        .map(async (e) => {
-          const key = `${e.ino}:${e.size}:${e.mtimeMs}`;
-          const cached = this.probeCache.get(e.file);
-          const probe = cached?.key === key ? cached.probe : await probeImage(e.path, e.size);
-          probes.set(e.file, probe);
-          seen.set(e.file, { key, probe });
-        }),
+    await pMap(
+      images.filter((e) => e.type === "file"),
+      async (e) => {
+        const key = `${e.ino}:${e.size}:${e.mtimeMs}`;
+        const cached = this.probeCache.get(e.file);
+        const probe = cached?.key === key ? cached.probe : await probeImage(e.path, e.size);
+        probes.set(e.file, probe);
+        seen.set(e.file, { key, probe });
+      },
+      { concurrency: READ_CONCURRENCY },
     );
     this.probeCache = seen;
     return {

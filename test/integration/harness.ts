@@ -166,6 +166,8 @@ export interface DaemonOptions {
   bin?: Record<string, string>;
   /** Extra environment; NOTIFY_SOCKET is removed unless given here. */
   env?: Record<string, string>;
+  /** Soft and hard limit of open files (prlimit), below Node's habit of raising the soft one to the hard one. */
+  nofile?: number;
 }
 
 /** The real CLI, as systemd would start it. */
@@ -198,7 +200,9 @@ export class Daemon {
       env.PATH = `${bin}:${env.PATH ?? ""}`;
     }
     // Its own process group, so that teardown also kills the mount or rsync it may have running.
-    this.child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    // prlimit execs the daemon in its own place: the pid and the process group stay the daemon's.
+    const [file, ...argv] = options.nofile === undefined ? [process.execPath, ...args] : ["prlimit", `--nofile=${options.nofile}:${options.nofile}`, "--", process.execPath, ...args];
+    this.child = spawn(file as string, argv, { env, stdio: ["ignore", "pipe", "pipe"], detached: true });
     let buffer = "";
     this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
       buffer += chunk;

@@ -107,6 +107,22 @@ test("EROFS images work end to end, including the cache overmount", async () => 
   });
 });
 
+test("150 images at once under a 1024 open-file limit: all mounted, no action fails (EMFILE before the reads and actions were bounded)", async () => {
+  await withRoot("many", async (root, track) => {
+    const one = makeImage(root, path.join(root.work, "one.sqfs"), { "id.txt": "same" });
+    const names = Array.from({ length: 150 }, (_, i) => `m${String(i).padStart(3, "0")}`);
+    for (const name of names) copyFileSync(one, path.join(root.data, `${name}.sqfs`));
+    const d = track(new Daemon(root, { config: Daemon.standardConfig(root), args: ["--verbose"], nofile: 1024 }));
+    await waitUntil("150 mounted", () => d.logs.filter((l) => l.msg === "mounted image").length === names.length, 60_000);
+    assert.deepEqual(
+      d.logs.filter((l) => l.level === "error").map((l) => `${String(l.msg)}: ${String(l.err)}`),
+      [],
+    );
+    assert.deepEqual(readdirSync(root.mnt).sort(), names);
+    for (const name of names.filter((_, i) => i % 30 === 0)) assert.equal(readFileSync(path.join(root.mnt, name, "id.txt"), "utf8"), "same");
+  });
+});
+
 test("names with spaces, non-ASCII, leading dashes and shell syntax are just names", async () => {
   await withRoot("names", async (root, track) => {
     const names = ["my data", "données 数据", "-o remount", "--help", "$(touch pwned)", "`touch pwned`;x"];

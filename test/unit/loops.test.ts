@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { parseBackingFile, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
+import { parseBackingFile, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
 import { tempDir } from "./helpers.js";
 
 describe("parseBackingFile: /sys/block/loopN/loop/backing_file", () => {
@@ -34,11 +34,15 @@ describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
       await writeFile(path.join(real, rel), content);
     }
     await symlink(path.join("..", "devices", "virtual", "block", name), path.join(sys, "block", name));
+    // /sys/dev/block/<major:minor> -> ../../devices/virtual/block/<name>
+    const dev = files.dev?.trim();
+    if (dev) await symlink(path.join("..", "..", "devices", "virtual", "block", name), path.join(sys, "dev", "block", dev));
   }
 
   before(async () => {
     ({ dir: sys, cleanup } = await tempDir("sm-sys-"));
     await mkdir(path.join(sys, "block"));
+    await mkdir(path.join(sys, "dev", "block"), { recursive: true });
     await device("loop0", { dev: "7:0\n", size: "2048\n", "loop/backing_file": "/srv/data/coco.sqfs\n" });
     await device("loop1", { dev: "7:1\n", size: "0\n" }); // unbound: no loop/ directory
     await device("loop2", { dev: "7:2\n", size: "8\n", "loop/backing_file": "/ssd/cache/old.sqfs (deleted)\n" });
@@ -58,6 +62,13 @@ describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
     assert.deepEqual(devices, expected);
   });
 
+  test("readLoopDevice finds one device by major:minor, and only a bound loop device", async () => {
+    assert.deepEqual(await readLoopDevice("7:2", sys), { name: "loop2", majorMinor: "7:2", backingFile: "/ssd/cache/old.sqfs", deleted: true, sizeBytes: 8 * 512 });
+    assert.equal(await readLoopDevice("7:1", sys), undefined, "unbound");
+    assert.equal(await readLoopDevice("8:0", sys), undefined, "not a loop device");
+    assert.equal(await readLoopDevice("7:99", sys), undefined, "no such device");
+  });
+
   test("an empty block directory gives no devices", async () => {
     const { dir, cleanup: done } = await tempDir("sm-sys-empty-");
     try {
@@ -68,8 +79,11 @@ describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
     }
   });
 
-  test("this machine's /sys reads without error", async () => {
+  test("this machine's /sys reads without error, and each device reads the same by major:minor", async () => {
     const devices = await readLoopDevices();
-    for (const d of devices) assert.match(d.name, /^loop\d+$/);
+    for (const d of devices) {
+      assert.match(d.name, /^loop\d+$/);
+      assert.deepEqual(await readLoopDevice(d.majorMinor), d);
+    }
   });
 });
