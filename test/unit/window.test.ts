@@ -89,11 +89,28 @@ describe("ThroughputWindow: bytes read over the sliding window", () => {
   test("old samples are dropped: memory stays bounded on a long run", () => {
     const w = new ThroughputWindow(60 * SECOND);
     feed(w, 0, 24 * 3600 * SECOND, 5 * SECOND, (t) => t);
-    const samples: unknown = Reflect.get(w, "samples");
-    assert.ok(Array.isArray(samples));
-    // 60 s / 5 s = 12 samples in the window, plus the baseline before it.
-    assert.ok(samples.length <= 14, `kept ${samples.length} samples`);
+    const size: unknown = Reflect.get(w, "size");
+    const times: unknown = Reflect.get(w, "times");
+    assert.ok(typeof size === "number" && times instanceof Float64Array);
+    // 60 s / 5 s = 12 samples in the window, plus the baseline before it; the ring grows by doubling.
+    assert.ok(size <= 14, `kept ${size} samples`);
+    assert.ok(times.length <= 16, `ring of ${times.length}`);
     assert.equal(w.rate(), 1000, "one byte per millisecond");
+  });
+
+  test("the ring wraps and grows without changing the rate: the same as a plain list of samples", () => {
+    const w = new ThroughputWindow(30 * SECOND);
+    const list: { t: number; bytes: number }[] = [];
+    let bytes = 0;
+    for (let t = 0; t < 600 * SECOND; t += (1 + ((t / SECOND) % 7)) * SECOND) {
+      bytes += (t / SECOND) % 3 === 0 ? 0 : 5 * MB;
+      w.add(t, bytes);
+      list.push({ t, bytes });
+      const start = t - 30 * SECOND;
+      const base = list.filter((x) => x.t < start).at(-1) ?? list[0];
+      if (!base) continue;
+      assert.equal(w.rate(), (bytes - base.bytes) / (Math.max(t - base.t, 15 * SECOND) / 1000), `at ${t / SECOND} s`);
+    }
   });
 
   test("bytesInWindow counts the reads since the baseline", () => {
