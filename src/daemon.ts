@@ -122,7 +122,9 @@ export class Daemon {
     const admitted = admitCopies({
       candidates: datasets
         .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
-        .sort((a, b) => Number(pinned.has(b.name)) - Number(pinned.has(a.name)) || copyPriority({ rate, fastRate, policy }, b) - copyPriority({ rate, fastRate, policy }, a)),
+        .map((d) => ({ d, pinned: Number(pinned.has(d.name)), priority: copyPriority({ rate, fastRate, policy }, d) }))
+        .sort((a, b) => b.pinned - a.pinned || b.priority - a.priority)
+        .map(({ d }) => d),
       occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
       capacityBytes: Math.min(capacity, budgetBytes + ghosts),
       writableBytes: writableBytes(snapshot, this.transfers.all) - keepFree,

@@ -21,9 +21,10 @@ export interface ActContext {
 
 /**
  * Keys acted on at once. A first tick on a node with hundreds of images
- * would otherwise start hundreds of `mount` processes together, each of
- * which then reads every loop device's sysfs files (readLoopAt): a
- * thousand datasets ran the daemon out of file descriptors (EMFILE).
+ * started hundreds of `mount` processes together, each followed by reads of
+ * sysfs: 150 images ran the daemon out of file descriptors (EMFILE). The
+ * price: eight mounts hung on a dead server hold the others back for up to
+ * command_timeout, once; back-off then keeps them out of the way.
  */
 export const ACT_CONCURRENCY = 8;
 

@@ -177,16 +177,20 @@ function periodRate(input: RateInput, name: string): number {
   return r.slow + r.cache;
 }
 
+/** The adaptive policy's rate: the fast window's, if there is one. */
+function recentRate(input: RateInput, name: string): number {
+  return input.fastRate ? input.fastRate(name) : periodRate(input, name);
+}
+
 /** The order copies are admitted in, highest first: the value that chose them (the original: its rate). */
 export function copyPriority(input: RateInput, d: Dataset): number {
-  if (input.policy === "original") return periodRate(input, d.name);
-  return planValue(d, input.fastRate ? input.fastRate(d.name) : periodRate(input, d.name), false);
+  return input.policy === "original" ? periodRate(input, d.name) : planValue(d, recentRate(input, d.name), false);
 }
 
 function itemValue(input: PlanInput, d: Dataset): number {
   if (input.idle?.(d.name)) return 0;
   if (input.policy === "original") return periodRate(input, d.name) + (d.cache === "valid" ? CACHED_BONUS : 0);
-  return planValue(d, input.fastRate ? input.fastRate(d.name) : periodRate(input, d.name), input.copying?.has(d.name) ?? false);
+  return planValue(d, recentRate(input, d.name), input.copying?.has(d.name) ?? false);
 }
 
 /**
