@@ -1,9 +1,8 @@
 import { readFileSync } from "node:fs";
-import { readdir, readlink } from "node:fs/promises";
+import { readdir, readlink, stat } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
 import { readLoopReadCounters } from "./diskstats.js";
-import { readMountinfo, stackAt } from "./mountinfo.js";
 
 export interface LoopDevice {
   /** "loop3" */
@@ -81,11 +80,32 @@ export async function readLoopDevice(majorMinor: string, sysRoot = "/sys"): Prom
   return /^loop\d+$/.test(name) ? readLoopDir(path.join(sysRoot, "block", name), name) : undefined;
 }
 
-/** The loop device behind the top mount at `target`, with its read counter now; undefined if it is not a loop mount. */
+/**
+ * "major:minor" of a dev_t as stat() reports it, decoded as glibc's
+ * gnu_dev_major and gnu_dev_minor do (12 + 20 bits of major, 8 + 24 of minor).
+ */
+export function majorMinorOf(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
+  return `${major}:${minor}`;
+}
+
+/**
+ * The loop device behind the top mount at `target`, with its read counter
+ * now; undefined if it is not a loop mount. stat() of a mount point is the
+ * root of the file system on top, and its st_dev is that file system's
+ * device: no need to read /proc/self/mountinfo, which with a thousand
+ * mounts made each new mount cost O(mounts) and a first start O(n^2).
+ */
 export async function readLoopAt(target: string, roots: { proc: string; sys: string }): Promise<{ device: LoopDevice; readBytes: number } | undefined> {
-  const top = stackAt(await readMountinfo(roots.proc), target).at(-1);
-  if (!top) return undefined;
-  const [device, counters] = await Promise.all([readLoopDevice(top.majorMinor, roots.sys), readLoopReadCounters(roots.proc)]);
+  let dev: bigint;
+  try {
+    ({ dev } = await stat(target, { bigint: true }));
+  } catch (err) {
+    if (errnoCode(err) === "ENOENT") return undefined;
+    throw err;
+  }
+  const [device, counters] = await Promise.all([readLoopDevice(majorMinorOf(dev), roots.sys), readLoopReadCounters(roots.proc)]);
   const readBytes = device && counters.get(device.name);
   return device && readBytes !== undefined ? { device, readBytes } : undefined;
 }

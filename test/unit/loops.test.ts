@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { parseBackingFile, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
+import { majorMinorOf, parseBackingFile, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
 import { tempDir } from "./helpers.js";
 
 describe("parseBackingFile: /sys/block/loopN/loop/backing_file", () => {
@@ -85,5 +86,24 @@ describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
       assert.match(d.name, /^loop\d+$/);
       assert.deepEqual(await readLoopDevice(d.majorMinor), d);
     }
+  });
+});
+
+describe("majorMinorOf: a dev_t from stat() as major:minor", () => {
+  /** glibc's gnu_dev_makedev. */
+  const makedev = (major: bigint, minor: bigint) => ((major & 0xfffff000n) << 32n) | ((major & 0xfffn) << 8n) | ((minor & 0xffffff00n) << 12n) | (minor & 0xffn);
+  for (const [major, minor] of [
+    [7n, 0n],
+    [7n, 3n],
+    [7n, 300n],
+    [259n, 1n],
+    [4095n, 1048575n],
+    [4096n, 16777215n],
+  ] as const) {
+    test(`${major}:${minor}`, () => assert.equal(majorMinorOf(makedev(major, minor)), `${major}:${minor}`));
+  }
+  test("this machine's /dev/loop0 decodes to what /sys/block/loop0/dev says", (t) => {
+    if (!existsSync("/dev/loop0") || !existsSync("/sys/block/loop0/dev")) return t.skip("no loop0 here");
+    assert.equal(majorMinorOf(statSync("/dev/loop0", { bigint: true }).rdev), readFileSync("/sys/block/loop0/dev", "utf8").trim());
   });
 });
