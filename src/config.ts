@@ -42,7 +42,6 @@ export interface Config {
   policy: PolicyName;
   /** Prometheus text file for node_exporter's textfile collector, if set. */
   metricsFile?: string;
-  /** host:port of the HTTP metrics endpoint, if set. */
   /** HOST:PORT of the HTTP metrics endpoint, if set (checked by parseHostPort). */
   metricsListen?: string;
   verbose: boolean;
@@ -164,16 +163,12 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     if (!path.isAbsolute(value)) throw bad(key, value, "an absolute path to an existing directory");
     dirs[key] = path.resolve(value);
   }
-  const naming = merged.naming as string;
-  if (!(NAMINGS as readonly string[]).includes(naming)) throw bad("naming", naming, NAMINGS.join(" or "));
-  const policy = (merged.policy as string).trim();
-  if (!(POLICIES as readonly string[]).includes(policy)) throw bad("policy", policy, POLICIES.join(" or "));
   return {
     ...dirs,
     capacity: parseCapacity(merged.capacity as string),
     period: positiveDuration("period", merged.period as string),
     interval: positiveDuration("interval", merged.interval as string),
-    naming: naming as Naming,
+    naming: oneOf("naming", merged.naming as string, NAMINGS),
     commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
     pins: parsePins(merged.pin as string),
     stateDir: absolutePath("state_dir", merged.state_dir as string),
@@ -182,11 +177,16 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     keepFree: parseKeepFree(merged.keep_free as string),
     copyBwlimit: parseRate("copy_bwlimit", merged.copy_bwlimit as string),
     maxCopies: parseCount("max_copies", merged.max_copies as string),
-    policy: policy as PolicyName,
+    policy: oneOf("policy", (merged.policy as string).trim(), POLICIES),
     metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
     metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen), merged.metrics_listen.trim()) : undefined,
     verbose,
   };
+}
+
+function oneOf<T extends string>(key: string, value: string, choices: readonly T[]): T {
+  if (!(choices as readonly string[]).includes(value)) throw bad(key, value, choices.join(" or "));
+  return value as T;
 }
 
 function absolutePath(key: string, value: string): string {

@@ -117,12 +117,13 @@ export class Daemon {
     const pinned = new Set(pins.keys());
     const fastRate = (name: string) => this.stats.fastRate(name);
     const policy = config.policy;
-    const cached = plan({ datasets, rate, budgetBytes, pinned, idle, fastRate, copying: new Set(this.transfers.all.keys()), policy });
+    const rates = { rate, fastRate, policy };
+    const cached = plan({ ...rates, datasets, budgetBytes, pinned, idle, copying: new Set(this.transfers.all.keys()) });
     const pinProblems = this.pinProblems(catalog, pinned, budgetBytes);
     const admitted = admitCopies({
       candidates: datasets
         .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
-        .map((d) => ({ d, pinned: Number(pinned.has(d.name)), priority: copyPriority({ rate, fastRate, policy }, d) }))
+        .map((d) => ({ d, pinned: Number(pinned.has(d.name)), priority: copyPriority(rates, d) }))
         .sort((a, b) => b.pinned - a.pinned || b.priority - a.priority)
         .map(({ d }) => d),
       occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
@@ -234,7 +235,8 @@ export class Daemon {
   /** Status file, metrics and systemd; a failure of one is logged once and never stops the loop. */
   private async publish(report: StatusReport, { cached, copying }: { cached: number; copying: number }): Promise<void> {
     const config = this.config;
-    this.metrics.update(report);
+    // Each tick's report sets a few series per dataset: not done when nobody reads them.
+    if (config.metricsFile || config.metricsListen) this.metrics.update(report);
     const pct = report.cache.capacityBytes > 0 ? Math.round((100 * report.cache.usedBytes) / report.cache.capacityBytes) : 0;
     const summary = `${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
     await Promise.all([

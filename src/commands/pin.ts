@@ -1,7 +1,7 @@
 import { configuredDir } from "../config.js";
 import { UsageError } from "../errors.js";
 import { validName } from "../plan/naming.js";
-import { readPins, updatePins, type Pin } from "../state/pins.js";
+import { isActive, readPins, updatePins, type Pin } from "../state/pins.js";
 import { DURATION_FORMS, parseDuration } from "../units.js";
 
 export interface PinFlags {
@@ -33,7 +33,7 @@ export async function pinCommand(names: string[], flags: PinFlags): Promise<void
   const stateDir = await stateDirFor(flags);
   if (names.length === 0) {
     const now = Date.now();
-    for (const p of (await readPins(stateDir)).filter((p) => p.until === undefined || p.until > now)) process.stdout.write(`${describe(p)}\n`);
+    for (const p of (await readPins(stateDir)).filter((p) => isActive(p, now))) process.stdout.write(`${describe(p)}\n`);
     return;
   }
   checkNames(names);

@@ -55,10 +55,15 @@ export async function readPins(stateDir: string): Promise<Pin[]> {
 }
 
 /** Pins in force at `now`, by dataset name: the latest end wins; a permanent pin beats any end. */
+/** A pin without an end, or whose end is still to come. */
+export function isActive(p: Pin, now: number): boolean {
+  return p.until === undefined || p.until > now;
+}
+
 export function activePins(pins: readonly Pin[], now: number): Map<string, number | undefined> {
   const out = new Map<string, number | undefined>();
   for (const p of pins) {
-    if (p.until !== undefined && p.until <= now) continue;
+    if (!isActive(p, now)) continue;
     const seen = out.has(p.name);
     const prev = out.get(p.name);
     if (!seen) out.set(p.name, p.until);
