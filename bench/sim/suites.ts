@@ -45,6 +45,15 @@ function resultCells(r: SimResult, original: SimResult, oracle: SimResult): stri
   ];
 }
 
+/** One case's original, ours and oracle; the oracle is offline, so it keeps the best of its grid. */
+function threePolicies(results: readonly SimResult[], what: string): { original: SimResult; ours: SimResult; oracle: SimResult } {
+  const original = results.find((r) => r.policy === "original");
+  const ours = results.find((r) => r.policy === "ours");
+  const oracles = results.filter((r) => r.policy.startsWith("oracle"));
+  if (!original || !ours || oracles.length === 0) throw new Error(`missing results for ${what}`);
+  return { original, ours, oracle: oracles.reduce((a, b) => (fraction(b) > fraction(a) ? b : a)) };
+}
+
 export async function runSim(log: (line: string) => void): Promise<void> {
   // Ours runs on the O(1) window; it must be the daemon's window in all but speed.
   const checked = checkSameRates(200_000, 7);
@@ -61,13 +70,10 @@ export async function runSim(log: (line: string) => void): Promise<void> {
   const goals: string[] = [];
   for (const kind of TRACE_KINDS) {
     for (const share of SHARES) {
-      const mine = results.filter((_, i) => tasks[i]?.trace === kind && tasks[i]?.share === share);
-      const original = mine.find((r) => r.policy === "original");
-      const ours = mine.find((r) => r.policy === "ours");
-      const oracles = mine.filter((r) => r.policy.startsWith("oracle"));
-      if (!original || !ours || oracles.length === 0) throw new Error(`missing results for ${kind} at ${share}`);
-      // The oracle is offline: it keeps the best of its grid for each case.
-      const oracle = oracles.reduce((a, b) => (fraction(b) > fraction(a) ? b : a));
+      const { original, ours, oracle } = threePolicies(
+        results.filter((_, i) => tasks[i]?.trace === kind && tasks[i]?.share === share),
+        `${kind} at ${share}`,
+      );
       for (const r of [original, ours, oracle]) log(row([kind, pct(share), r.policy, ...resultCells(r, original, oracle)]));
       const gain = fraction(ours) / fraction(original);
       const checks = [
@@ -225,12 +231,10 @@ export async function runStress(log: (line: string) => void): Promise<void> {
   log(row(Array.from({ length: 8 }, () => "---")));
   for (const w of STRESS) {
     for (const share of shares) {
-      const mine = results.filter((_, i) => tasks[i]?.workload === w.workload && tasks[i]?.share === share);
-      const original = mine.find((r) => r.policy === "original");
-      const ours = mine.find((r) => r.policy === "ours");
-      const oracles = mine.filter((r) => r.policy.startsWith("oracle"));
-      if (!original || !ours || oracles.length === 0) throw new Error(`missing stress results for ${w.label}`);
-      const oracle = oracles.reduce((a, b) => (fraction(b) > fraction(a) ? b : a));
+      const { original, ours, oracle } = threePolicies(
+        results.filter((_, i) => tasks[i]?.workload === w.workload && tasks[i]?.share === share),
+        `${w.label} at ${share}`,
+      );
       log(
         row([
           w.label,

@@ -17,10 +17,11 @@
  * fsync, which on a machine with much RAM (dirty_background_ratio = 10% of
  * 24 GiB here) would otherwise find nearly the whole copy still dirty.
  */
-import { copyFile, readFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
+import { copyFile, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { flushWhile, fsyncFile } from "../../src/act/transfers.js";
-import { run, runToNull } from "./exec.js";
+import { runToNull } from "./exec.js";
+import { cpuTicks, ticksPerSecond } from "./proc.js";
 
 export const METHODS = ["cat", "rsync", "rsync+flush", "cp", "cp+flush", "copyfile", "copyfile+flush"] as const;
 export type Method = (typeof METHODS)[number];
@@ -48,22 +49,17 @@ export const RSYNC_ARGS = ["--inplace", "--times", "--timeout=60"];
 export const CP_ARGS = ["--reflink=auto", "--preserve=timestamps"];
 
 
-/** utime + stime + cutime + cstime of /proc/self/stat, in clock ticks: this process and its reaped children. */
-async function cpuTicks(): Promise<number> {
-  const stat = await readFile("/proc/self/stat", "utf8");
-  // Fields after the command name, which may hold spaces: state is field 3, utime field 14.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0);
-}
 
 export async function copyOnce(method: Method, source: string, dest: string): Promise<CopyTiming> {
   const { size, mtime, atime } = await stat(source);
-  const hz = Number((await run("getconf", ["CLK_TCK"])).stdout.trim()) || 100;
-  const cpuBefore = await cpuTicks();
+  const hz = await ticksPerSecond();
+  // This process and its reaped children: the copy tool's CPU too.
+  const cpuTicksNow = () => cpuTicks("self", true);
+  const cpuBefore = await cpuTicksNow();
   const started = performance.now();
   if (method === "cat") {
     const ms = await runToNull("cat", [source]);
-    return { method, bytes: size, ms, toolMs: ms, syncMs: 0, cpuS: ((await cpuTicks()) - cpuBefore) / hz };
+    return { method, bytes: size, ms, toolMs: ms, syncMs: 0, cpuS: ((await cpuTicksNow()) - cpuBefore) / hz };
   }
   const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.partial`);
   await unlink(tmp).catch(() => undefined);
@@ -94,7 +90,7 @@ export async function copyOnce(method: Method, source: string, dest: string): Pr
   await rename(tmp, dest);
   await fsyncFile(path.dirname(dest));
   const end = performance.now();
-  return { method, bytes: size, ms: end - started, toolMs: copied - started, syncMs: end - copied, cpuS: ((await cpuTicks()) - cpuBefore) / hz };
+  return { method, bytes: size, ms: end - started, toolMs: copied - started, syncMs: end - copied, cpuS: ((await cpuTicksNow()) - cpuBefore) / hz };
 }
 
 function isMethod(s: string | undefined): s is Method {

@@ -19,6 +19,7 @@ import { Bed, MiB } from "./bed.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
 import { sleep } from "./exec.js";
 import { makeImage } from "./images.js";
+import { cpuTicks, ticksPerSecond } from "./proc.js";
 import { fixed, markdownTable, median, percentile } from "./stats.js";
 
 export const SCALE = {
@@ -29,13 +30,9 @@ export const SCALE = {
   ticks: 60,
 } as const;
 
-const CLK_TCK = 100;
-
-/** User + system CPU seconds of a process so far (fields 14 and 15 of /proc/PID/stat). */
+/** User + system CPU seconds of the daemon so far: observing spawns no program. */
 async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  return (await cpuTicks(pid, false)) / (await ticksPerSecond());
 }
 
 async function memoryMiB(pid: number): Promise<{ rss: number; hwm: number }> {
