@@ -289,7 +289,9 @@ function filesUnder(dir: string): string[] {
 
 /**
  * Read every file under dir through the mount, dropping its pages afterwards
- * (dd iflag=nocache), so every call really reads the loop device again.
+ * (dd iflag=nocache), so every call really reads the loop device again. Pages
+ * another reader left behind (one killed mid-file keeps its readahead) are not
+ * dropped: measure on files no killed reader has touched.
  * Returns the bytes read.
  */
 export function readHard(dir: string): number {

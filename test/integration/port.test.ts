@@ -94,7 +94,10 @@ test("a read dataset is copied, verified and mounted over its slow mount; open f
     const fd = openSync(path.join(target, "early.txt"), "r");
     try {
       assert.equal(stackAt(target).length, 1, "opened on the slow mount");
-      const reader = startReader(target);
+      // The job reads a.bin only, so b.bin is first read on the cache mount below. The
+      // job is killed mid-file, and its dd drops only the pages it has finished with:
+      // readahead it left in the page cache would not reach the loop device again.
+      const reader = startReader(path.join(target, "a.bin"));
       await d.waitForLog("copy finished", (l) => l.msg === "copy finished", 30_000);
       const finished = d.find((l) => l.msg === "copy finished") as unknown as { ms: number; mbps: number; bytes: number };
       assert.ok(finished.ms > 0 && finished.mbps > 0 && finished.bytes === statSync(path.join(root.data, "imagenet.sqfs")).size);
@@ -117,20 +120,21 @@ test("a read dataset is copied, verified and mounted over its slow mount; open f
       const cacheSource = (stack[1] as MountRow).source;
       const slowBefore = deviceReadBytes(slowSource);
       const cacheBefore = deviceReadBytes(cacheSource);
-      assert.equal(readHard(target), 16 * MB + "opened before the overmount".length);
-      assert.ok(deviceReadBytes(cacheSource) - cacheBefore >= 16 * MB, "cache loop device read the data");
+      assert.equal(readHard(path.join(target, "b.bin")), 8 * MB);
+      const cacheRead = deviceReadBytes(cacheSource) - cacheBefore;
+      assert.ok(cacheRead >= 8 * MB, `cache loop device read b.bin (${cacheRead} bytes)`);
       assert.ok(deviceReadBytes(slowSource) - slowBefore < MB, "slow loop device did not");
       // A coming tick counts those reads; SIGUSR1 reports them (asked again until that tick has run).
       const served = await waitUntil(
         "SIGUSR1 to report the bytes read from the cache",
         () => {
           d.signal("SIGUSR1");
-          return d.find((l) => l.msg === "bytes served from cache" && (l.bytes as number) >= 16 * MB);
+          return d.find((l) => l.msg === "bytes served from cache" && (l.bytes as number) >= 8 * MB);
         },
         20_000,
         300,
       );
-      assert.ok((served.bytes as number) >= 16 * MB);
+      assert.ok((served.bytes as number) >= 8 * MB);
     } finally {
       closeSync(fd);
     }
