@@ -74,10 +74,10 @@ export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
 const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
-/** The original's defaults, kept so that existing files work unchanged. */
-export const DEFAULT_STATE_DIR = "/var/lib/scratch_manager";
+const DEFAULT_STATE_DIR = "/var/lib/scratch_manager";
 export const DEFAULT_RUNTIME_DIR = "/run/scratch_manager";
 
+/** The original's defaults, kept so that existing files work unchanged. */
 const DEFAULTS: RawConfig = {
   period: "1200",
   interval: "5",

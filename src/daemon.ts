@@ -148,9 +148,10 @@ export class Daemon {
       commandTimeoutMs: config.commandTimeout * 1000,
       onMounted: (target) => this.noteAttached(target),
     });
-    this.updateBackoff(actions, failures.map((f) => f.action), now);
+    const failed = new Set(failures.map((f) => f.action));
+    this.updateBackoff(actions, failed, now);
     for (const a of actions) {
-      if (failures.some((f) => f.action === a)) continue;
+      if (failed.has(a)) continue;
       if (a.kind === "mkdir") this.ownedDirs.add(a.path);
       if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
     }
@@ -379,8 +380,8 @@ export class Daemon {
     this.logger.warn({ dataset: name, failures, retryInMs: delay }, "dataset in back-off");
   }
 
-  private updateBackoff(actions: readonly Action[], failed: readonly Action[], now: number): void {
-    const failedNames = new Set(failed.map(actionDataset).filter((n): n is string => n !== undefined));
+  private updateBackoff(actions: readonly Action[], failed: ReadonlySet<Action>, now: number): void {
+    const failedNames = new Set([...failed].map(actionDataset).filter((n): n is string => n !== undefined));
     for (const name of failedNames) this.fail(name, now);
     for (const a of actions) {
       const name = actionDataset(a);

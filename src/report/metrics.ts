@@ -45,8 +45,6 @@ export function growth(previous: number | undefined, current: number): number {
   return current - previous;
 }
 
-/** "127.0.0.1:9456", "[::1]:9456", ":9456" (all addresses) -> host and port. */
-
 interface Totals {
   slow: number;
   cache: number;

@@ -5,7 +5,6 @@ import { writeFileAtomic } from "./atomic-file.js";
 import { formatAge, formatClock } from "./clock.js";
 import { STATUS_VERSION, type StatusReport } from "./status.js";
 
-export { DEFAULT_RUNTIME_DIR } from "../config.js";
 export const STATUS_FILE_NAME = "status.json";
 
 /**

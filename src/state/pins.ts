@@ -54,12 +54,12 @@ export async function readPins(stateDir: string): Promise<Pin[]> {
   }
 }
 
-/** Pins in force at `now`, by dataset name: the latest end wins; a permanent pin beats any end. */
 /** A pin without an end, or whose end is still to come. */
 export function isActive(p: Pin, now: number): boolean {
   return p.until === undefined || p.until > now;
 }
 
+/** Pins in force at `now`, by dataset name: the latest end wins; a permanent pin beats any end. */
 export function activePins(pins: readonly Pin[], now: number): Map<string, number | undefined> {
   const out = new Map<string, number | undefined>();
   for (const p of pins) {

@@ -5,13 +5,11 @@ import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { statusOutput, cacheFsSpace, resolveRuntimeDir, type MountSpace } from "../../src/commands/status.js";
-import { CONFIG_KEYS } from "../../src/config.js";
+import { CONFIG_KEYS, DEFAULT_RUNTIME_DIR, parseHostPort } from "../../src/config.js";
 import { UsageError } from "../../src/errors.js";
-import { parseHostPort } from "../../src/config.js";
 import { growth, Metrics } from "../../src/report/metrics.js";
 import {
   DaemonNotRunning,
-  DEFAULT_RUNTIME_DIR,
   processAlive,
   readStatusFile,
   StatusFileError,
