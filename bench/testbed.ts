@@ -28,7 +28,7 @@ import { makeImage } from "./testbed/images.js";
 import { loopSuite } from "./testbed/loop.js";
 import { traceSuite } from "./testbed/trace.js";
 import { scaleSuite } from "./testbed/scale.js";
-import { fixed } from "./testbed/stats.js";
+import { fixed } from "./stats.js";
 import { verifyThrottle } from "./testbed/verify.js";
 
 const SUITES = ["verify", "copy", "loop", "trace", "scale"] as const;

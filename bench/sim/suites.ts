@@ -8,6 +8,7 @@
  *   not make it, on seed 4.
  */
 import { TiB } from "../datasets.js";
+import { markdownTable } from "../stats.js";
 import type { SimResult } from "./engine.js";
 import { ORACLE_GRID, runTasks, type PolicySpec, type Task } from "./tasks.js";
 import { makeTrace, totalSize, TRACE_KINDS, WORKLOAD, type TraceKind, type Workload } from "./trace.js";
@@ -27,10 +28,6 @@ function describeTrace(kind: TraceKind, seed: number): string {
   const train = t.jobs.filter((j) => j.kind === "train").length;
   const demand = t.jobs.reduce((s, j) => s + j.bytes, 0);
   return `${kind}: ${t.sizes.length} datasets, ${tib(totalSize(t))} TiB; ${train} training jobs${t.jobs.length > train ? ` + ${t.jobs.length - train} scans` : ""}; ${tib(demand)} TiB read`;
-}
-
-function row(cells: readonly (string | number)[]): string {
-  return `| ${cells.join(" | ")} |`;
 }
 
 function resultCells(r: SimResult, original: SimResult, oracle: SimResult): string[] {
@@ -65,8 +62,7 @@ export async function runSim(log: (line: string) => void): Promise<void> {
   log(`(src ThroughputWindow gave the legacy window's rate on all ${checked} samples checked)`);
   for (const kind of TRACE_KINDS) log(`- ${describeTrace(kind, MAIN_SEED)}`);
   log("");
-  log(row(["trace", "capacity", "policy", "from cache", "x original", "x oracle", "copied TiB", "copies (cancelled)", "evictions", "job stretch"]));
-  log(row(Array.from({ length: 10 }, () => "---")));
+  const rows: string[][] = [];
   const goals: string[] = [];
   for (const kind of TRACE_KINDS) {
     for (const share of SHARES) {
@@ -74,7 +70,7 @@ export async function runSim(log: (line: string) => void): Promise<void> {
         results.filter((_, i) => tasks[i]?.trace === kind && tasks[i]?.share === share),
         `${kind} at ${share}`,
       );
-      for (const r of [original, ours, oracle]) log(row([kind, pct(share), r.policy, ...resultCells(r, original, oracle)]));
+      for (const r of [original, ours, oracle]) rows.push([kind, pct(share), r.policy, ...resultCells(r, original, oracle)]);
       const gain = fraction(ours) / fraction(original);
       const checks = [
         `>= original ${gain >= 1 ? "yes" : "NO"} (${gain.toFixed(4)})`,
@@ -85,6 +81,7 @@ export async function runSim(log: (line: string) => void): Promise<void> {
       goals.push(`- ${kind} ${pct(share)}: ${checks.join("; ")}`);
     }
   }
+  log(markdownTable(["trace", "capacity", "policy", "from cache", "x original", "x oracle", "copied TiB", "copies (cancelled)", "evictions", "job stretch"], rows));
   log("");
   log("Goals for ours (issue 6, item 5):");
   for (const g of goals) log(g);
@@ -95,8 +92,7 @@ export async function runSeeds(log: (line: string) => void): Promise<void> {
   const tasks: Task[] = EXTRA_SEEDS.flatMap((seed) => TRACE_KINDS.flatMap((trace) => SHARES.flatMap((share) => specs.map((policy) => ({ trace, seed, share, policy })))));
   const results = await runTasks(tasks);
   log(`## seeds: ours / original on seeds ${EXTRA_SEEDS.join(", ")} (none used while choosing ours)`);
-  log(row(["trace", "capacity", "from cache, original (mean)", "from cache, ours (mean)", "ratio min", "ratio mean", "ratio max", "copied ratio min", "copied ratio max"]));
-  log(row(Array.from({ length: 9 }, () => "---")));
+  const rows: string[][] = [];
   for (const kind of TRACE_KINDS) {
     for (const share of SHARES) {
       const ratios: number[] = [];
@@ -114,9 +110,10 @@ export async function runSeeds(log: (line: string) => void): Promise<void> {
         u += fraction(ours) / EXTRA_SEEDS.length;
       }
       const mean = ratios.reduce((a, b) => a + b, 0) / ratios.length;
-      log(row([kind, pct(share), pct(o), pct(u), Math.min(...ratios).toFixed(3), mean.toFixed(3), Math.max(...ratios).toFixed(3), Math.min(...copied).toFixed(3), Math.max(...copied).toFixed(3)]));
+      rows.push([kind, pct(share), pct(o), pct(u), Math.min(...ratios).toFixed(3), mean.toFixed(3), Math.max(...ratios).toFixed(3), Math.min(...copied).toFixed(3), Math.max(...copied).toFixed(3)]);
     }
   }
+  log(markdownTable(["trace", "capacity", "from cache, original (mean)", "from cache, ours (mean)", "ratio min", "ratio mean", "ratio max", "copied ratio min", "copied ratio max"], rows));
 }
 
 /** Ours without one of its parts, or with an idea that did not make it. */
@@ -136,17 +133,16 @@ export async function runAblation(log: (line: string) => void): Promise<void> {
   const results = await runTasks(tasks);
   log(`## ablation: seed ${MAIN_SEED}; from cache (copied TiB)`);
   const columns = TRACE_KINDS.flatMap((k) => shares.map((s) => ({ kind: k, share: s })));
-  log(row(["policy", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)]));
-  log(row(Array.from({ length: columns.length + 1 }, () => "---")));
-  for (const spec of specs) {
+  const rows = specs.map((spec) => {
     const label = spec.kind === "variant" ? spec.label : spec.kind;
     const cells = columns.map((c) => {
       const r = results.find((x, i) => tasks[i]?.trace === c.kind && tasks[i]?.share === c.share && tasks[i]?.policy === spec);
       if (!r) throw new Error(`missing ablation result ${label}`);
       return `${pct(fraction(r))} (${tib(r.copiedBytes)})`;
     });
-    log(row([label, ...cells]));
-  }
+    return [label, ...cells];
+  });
+  log(markdownTable(["policy", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)], rows));
 }
 
 /** Candidates compared by `tune`, on the tuning seeds only. */
@@ -190,14 +186,12 @@ export async function runTune(log: (line: string) => void, shares: readonly numb
   const results = await runTasks(tasks);
   const columns = TRACE_KINDS.flatMap((k) => shares.map((s) => ({ kind: k, share: s })));
   log(`## tune: seeds ${TUNING_SEEDS.join(", ")}; candidate / original from cache: mean (worst seed), copied ratio mean`);
-  log(row(["candidate", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)]));
-  log(row(Array.from({ length: columns.length + 1 }, () => "---")));
   const find = (spec: PolicySpec, kind: TraceKind, share: number, seed: number) => {
     const r = results.find((_, i) => tasks[i]?.policy === spec && tasks[i]?.trace === kind && tasks[i]?.share === share && tasks[i]?.seed === seed);
     if (!r) throw new Error("missing tune result");
     return r;
   };
-  for (const spec of specs.slice(1)) {
+  const rows = specs.slice(1).map((spec) => {
     const cells = columns.map((c) => {
       const pairs = TUNING_SEEDS.map((seed) => ({ mine: find(spec, c.kind, c.share, seed), base: find(specs[0] as PolicySpec, c.kind, c.share, seed) }));
       const ratios = pairs.map((p) => fraction(p.mine) / fraction(p.base));
@@ -205,8 +199,9 @@ export async function runTune(log: (line: string) => void, shares: readonly numb
       const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
       return `${mean(ratios).toFixed(3)} (${Math.min(...ratios).toFixed(3)}), ${mean(copied).toFixed(2)}`;
     });
-    log(row([spec.kind === "variant" ? spec.label : spec.kind, ...cells]));
-  }
+    return [spec.kind === "variant" ? spec.label : spec.kind, ...cells];
+  });
+  log(markdownTable(["candidate", ...columns.map((c) => `${c.kind} ${pct(c.share)}`)], rows));
 }
 
 /**
@@ -227,26 +222,24 @@ export async function runStress(log: (line: string) => void): Promise<void> {
   const tasks: Task[] = STRESS.flatMap((w) => shares.flatMap((share) => specs.map((policy) => ({ trace: w.trace, workload: w.workload, seed: MAIN_SEED, share, policy }))));
   const results = await runTasks(tasks);
   log(`## stress: seed ${MAIN_SEED}, harsher workloads`);
-  log(row(["workload", "capacity", "original", "ours", "oracle", "ours / original", "ours / oracle", "copied TiB, original / ours"]));
-  log(row(Array.from({ length: 8 }, () => "---")));
+  const rows: string[][] = [];
   for (const w of STRESS) {
     for (const share of shares) {
       const { original, ours, oracle } = threePolicies(
         results.filter((_, i) => tasks[i]?.workload === w.workload && tasks[i]?.share === share),
         `${w.label} at ${share}`,
       );
-      log(
-        row([
-          w.label,
-          pct(share),
-          pct(fraction(original)),
-          pct(fraction(ours)),
-          `${pct(fraction(oracle))} ${oracle.policy}`,
-          (fraction(ours) / fraction(original)).toFixed(3),
-          (fraction(ours) / fraction(oracle)).toFixed(3),
-          `${tib(original.copiedBytes)} / ${tib(ours.copiedBytes)}`,
-        ]),
-      );
+      rows.push([
+        w.label,
+        pct(share),
+        pct(fraction(original)),
+        pct(fraction(ours)),
+        `${pct(fraction(oracle))} ${oracle.policy}`,
+        (fraction(ours) / fraction(original)).toFixed(3),
+        (fraction(ours) / fraction(oracle)).toFixed(3),
+        `${tib(original.copiedBytes)} / ${tib(ours.copiedBytes)}`,
+      ]);
     }
   }
+  log(markdownTable(["workload", "capacity", "original", "ours", "oracle", "ours / original", "ours / oracle", "copied TiB, original / ours"], rows));
 }

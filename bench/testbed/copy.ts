@@ -14,7 +14,7 @@ import { Bed, GiB, MiB } from "./bed.js";
 import { METHODS, type CopyTiming, type Method } from "./copier.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
 import { runJsonChild } from "./exec.js";
-import { fixed, markdownTable, median, mibps } from "./stats.js";
+import { fixed, markdownTable, median, mibps } from "../stats.js";
 
 const COPIER = path.join(path.dirname(fileURLToPath(import.meta.url)), "copier.js");
 

@@ -7,7 +7,7 @@
 import path from "node:path";
 import { Bed, MiB } from "./bed.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
-import { fixed, markdownTable, median, mibps, percentile } from "./stats.js";
+import { fixed, markdownTable, median, mibps, percentile } from "../stats.js";
 
 export interface LoopRun {
   intervalS: number;

@@ -20,7 +20,7 @@ import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
 import { sleep } from "./exec.js";
 import { makeImage } from "./images.js";
 import { cpuTicks, ticksPerSecond } from "./proc.js";
-import { fixed, markdownTable, median, percentile } from "./stats.js";
+import { fixed, markdownTable, median, percentile } from "../stats.js";
 
 export const SCALE = {
   counts: (process.env.SM_SCALE_COUNTS ?? "200,1000").split(",").map(Number),

@@ -33,7 +33,7 @@ import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";
 import { run, runJsonChild, sleep } from "./exec.js";
 import { makeImage } from "./images.js";
 import type { ReaderResult } from "./reader.js";
-import { fixed, markdownTable } from "./stats.js";
+import { fixed, markdownTable } from "../stats.js";
 
 const READER = path.join(path.dirname(fileURLToPath(import.meta.url)), "reader.js");
 

@@ -13,7 +13,7 @@ import path from "node:path";
 import { Bed, MiB } from "./bed.js";
 import { run, runToNull } from "./exec.js";
 import { IMAGE_FILE } from "./images.js";
-import { fixed, markdownTable, mibps } from "./stats.js";
+import { fixed, markdownTable, mibps } from "../stats.js";
 
 export interface ReadCheck {
   path: string;

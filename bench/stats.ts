@@ -1,4 +1,4 @@
-import { MiB } from "./bed.js";
+import { MiB } from "../src/units.js";
 
 /** Nearest-rank percentile (p in 0..100) of a non-empty sample: always one of the observed values. */
 export function percentile(values: readonly number[], p: number): number {
