@@ -7,12 +7,12 @@
  */
 import { performance } from "node:perf_hooks";
 import type { Dataset } from "../src/plan/catalog.js";
-import { knapsack, type KnapsackItem } from "../src/plan/knapsack.js";
+import { fillSlack, knapsack, type KnapsackItem } from "../src/plan/knapsack.js";
 import { plan } from "../src/plan/policy.js";
 import { ThroughputWindow } from "../src/plan/window.js";
 import { GiB, makeDataset, MiB, TiB } from "./datasets.js";
 import { logUniform, prng } from "./rng.js";
-import { fillSlack } from "../src/plan/knapsack.js";
+import { markdownTable, percentile } from "./stats.js";
 import { LegacyThroughputWindow } from "./sim/window.js";
 
 /**
@@ -133,10 +133,6 @@ function bruteForce(items: readonly KnapsackItem[], capacity: number): number {
 const sumOf = (items: readonly KnapsackItem[], chosen: readonly number[], key: "value" | "weight"): number =>
   chosen.reduce((s, i) => s + (items[i] as KnapsackItem)[key], 0);
 
-function quantile(sorted: readonly number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] as number;
-}
-
 export interface ScaleResult {
   datasets: number;
   active: number;
@@ -221,23 +217,20 @@ export function planScale(n: number, activeShare: number, runs: number, seed: nu
     if (sumOf(items, filled, "weight") > inst.budget) throw new Error("fillSlack overshoot");
     worstLpRatioFilled = Math.min(worstLpRatioFilled, sumOf(items, filled, "value") / bound);
   }
-  times.sort((a, b) => a - b);
-  baseTimes.sort((a, b) => a - b);
-  fillTimes.sort((a, b) => a - b);
   return {
     datasets: n,
     active,
     runs,
-    p50Ms: quantile(times, 0.5),
-    p95Ms: quantile(times, 0.95),
-    maxMs: times[times.length - 1] as number,
+    p50Ms: percentile(times, 50),
+    p95Ms: percentile(times, 95),
+    maxMs: percentile(times, 100),
     worstFill,
     overshoots,
-    baselineP50Ms: quantile(baseTimes, 0.5),
+    baselineP50Ms: percentile(baseTimes, 50),
     baselineOvershoots,
     worstLpRatio,
     worstLpRatioFilled,
-    fillP50Ms: quantile(fillTimes, 0.5),
+    fillP50Ms: percentile(fillTimes, 50),
   };
 }
 
@@ -360,38 +353,60 @@ export function runPlanner(log: (line: string) => void): void {
   log("## planner: plan() time (src/plan/policy.ts, knapsack with 1000 buckets), budget = 25% of the data");
   log("Baseline: the original's knapsack (daemon.py, ported: floored weights, full table) on the same items.");
   log("");
-  log("| datasets | with a rate | runs | plan() p50 ms | p95 ms | max ms | worst fill of budget | over budget | worst value / LP bound | + fillSlack: worst value / LP | fillSlack p50 ms | original p50 ms | original over budget |");
-  log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   // Warm-up, so the first timed run does not pay for the JIT.
   planScale(1000, 1, 3, 999);
-  for (const [n, share] of [
-    [1000, 0.1],
-    [1000, 1],
-    [10000, 0.1],
-    [10000, 1],
-  ] as const) {
+  const scale = (
+    [
+      [1000, 0.1],
+      [1000, 1],
+      [10000, 0.1],
+      [10000, 1],
+    ] as const
+  ).map(([n, share]) => {
     const r = planScale(n, share, 21, 1000 + n);
-    log(
-      `| ${r.datasets} | ${r.active} | ${r.runs} | ${ms(r.p50Ms)} | ${ms(r.p95Ms)} | ${ms(r.maxMs)} | ${r.worstFill.toFixed(4)} | ${r.overshoots} | ${r.worstLpRatio.toFixed(4)} | ${r.worstLpRatioFilled.toFixed(4)} | ${ms(r.fillP50Ms)} | ${ms(r.baselineP50Ms)} | ${r.baselineOvershoots}/${r.runs} |`,
-    );
-  }
+    return [
+      String(r.datasets),
+      String(r.active),
+      String(r.runs),
+      ms(r.p50Ms),
+      ms(r.p95Ms),
+      ms(r.maxMs),
+      r.worstFill.toFixed(4),
+      String(r.overshoots),
+      r.worstLpRatio.toFixed(4),
+      r.worstLpRatioFilled.toFixed(4),
+      ms(r.fillP50Ms),
+      ms(r.baselineP50Ms),
+      `${r.baselineOvershoots}/${r.runs}`,
+    ];
+  });
+  log(
+    markdownTable(
+      ["datasets", "with a rate", "runs", "plan() p50 ms", "p95 ms", "max ms", "worst fill of budget", "over budget", "worst value / LP bound", "+ fillSlack: worst value / LP", "fillSlack p50 ms", "original p50 ms", "original over budget"],
+      scale,
+    ),
+  );
   log("");
   log("## planner: knapsack value against an exact solver (branch and bound), 2-24 items");
   const q = planQuality(2000, 42);
   log(`cases: ${q.cases} (the exact solver itself checked against every subset on ${q.bruteChecked} of them)`);
   log("");
-  log("| solver | exact optimum reached | mean value / optimum | worst value / optimum | over capacity |");
-  log("| --- | --- | --- | --- | --- |");
-  log(`| src knapsack (1000 buckets, weights rounded up) | ${q.optimal}/${q.cases} | ${q.meanRatio.toFixed(5)} | ${q.worstRatio.toFixed(4)} | ${q.overshoots} |`);
-  log(`| src knapsack + fillSlack | ${q.filledOptimal}/${q.cases} | ${q.filledMeanRatio.toFixed(5)} | ${q.filledWorstRatio.toFixed(4)} | ${q.filledOvershoots} |`);
-  log(`| original (weights floored) | - | - | ${q.baselineWorstFitRatio.toFixed(4)} (cases within capacity) | ${q.baselineOvershoots} |`);
+  log(
+    markdownTable(
+      ["solver", "exact optimum reached", "mean value / optimum", "worst value / optimum", "over capacity"],
+      [
+        ["src knapsack (1000 buckets, weights rounded up)", `${q.optimal}/${q.cases}`, q.meanRatio.toFixed(5), q.worstRatio.toFixed(4), String(q.overshoots)],
+        ["src knapsack + fillSlack", `${q.filledOptimal}/${q.cases}`, q.filledMeanRatio.toFixed(5), q.filledWorstRatio.toFixed(4), String(q.filledOvershoots)],
+        ["original (weights floored)", "-", "-", `${q.baselineWorstFitRatio.toFixed(4)} (cases within capacity)`, String(q.baselineOvershoots)],
+      ],
+    ),
+  );
   log("");
   log("## planner: statistics per tick (2 windows per dataset: add a sample, read the rate), steady state");
-  log("| datasets | legacy O(n) window (bench/sim/window.ts) ms/tick | src ThroughputWindow, O(1), ms/tick |");
-  log("| --- | --- | --- |");
-  for (const n of [1000, 10000]) {
+  const windows = [1000, 10000].map((n) => {
     const slow = windowCost(n, n >= 10000 ? 20 : 100, (p) => new LegacyThroughputWindow(p));
     const fast = windowCost(n, n >= 10000 ? 20 : 100, (p) => new ThroughputWindow(p));
-    log(`| ${n} | ${ms(slow)} | ${ms(fast)} |`);
-  }
+    return [String(n), ms(slow), ms(fast)];
+  });
+  log(markdownTable(["datasets", "legacy O(n) window (bench/sim/window.ts) ms/tick", "src ThroughputWindow, O(1), ms/tick"], windows));
 }
