@@ -256,11 +256,7 @@ export class Daemon {
 
   /** SIGKILL to the daemon and every program it started (a mount in flight would land after teardown). */
   killAll(): void {
-    try {
-      if (this.child.pid !== undefined) process.kill(-this.child.pid, "SIGKILL");
-    } catch {
-      // the group is gone already
-    }
+    killGroup(this.child);
   }
 
   async exit(timeoutMs = 20_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -319,12 +315,18 @@ function stopReader(child: ChildProcess): Promise<void> {
   return new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
     child.on("exit", () => resolve());
-    try {
-      if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
-    } catch {
-      child.kill("SIGKILL");
-    }
+    killGroup(child);
   });
+}
+
+/** SIGKILL to a child started with detached: true, and to every process of its group. */
+function killGroup(child: ChildProcess): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+  } catch {
+    // The group is gone; the child itself may not have been reaped yet.
+    child.kill("SIGKILL");
+  }
 }
 
 async function stopReaders(): Promise<void> {
