@@ -25,6 +25,10 @@ export interface Config {
   naming: Naming;
   /** Seconds a mount or umount may take, and an rsync may go without moving data, before it is cut. */
   commandTimeout: number;
+  /** Seconds a scan of datadir or cachedir may take before the directory is taken as not responding. */
+  scanTimeout: number;
+  /** More than this share (0..1) of the known images vanishing in one scan is held back; undefined: never. */
+  vanishShare?: number;
   /** Datasets always cached (if they fit) and never evicted. */
   pins: string[];
   /** Where run-time pins are kept (scratch_manager pin). */
@@ -59,6 +63,8 @@ export const CONFIG_KEYS = [
   "interval",
   "naming",
   "command_timeout",
+  "scan_timeout",
+  "vanish_threshold",
   "pin",
   "state_dir",
   "runtime_dir",
@@ -83,6 +89,8 @@ const DEFAULTS: RawConfig = {
   interval: "5",
   naming: "first-dot",
   command_timeout: "60",
+  scan_timeout: "30",
+  vanish_threshold: "50%",
   pin: "",
   state_dir: DEFAULT_STATE_DIR,
   runtime_dir: DEFAULT_RUNTIME_DIR,
@@ -160,7 +168,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
   const dirs = {} as Record<"datadir" | "cachedir" | "mountdir", string>;
   for (const key of ["datadir", "cachedir", "mountdir"] as const) {
     const value = merged[key] as string;
-    if (!path.isAbsolute(value)) throw bad(key, value, "an absolute path to an existing directory");
+    if (!path.isAbsolute(value)) throw bad(key, value, key === "datadir" ? "an absolute path to a directory" : "an absolute path to an existing directory");
     dirs[key] = path.resolve(value);
   }
   return {
@@ -170,6 +178,8 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     interval: positiveDuration("interval", merged.interval as string),
     naming: oneOf("naming", merged.naming as string, NAMINGS),
     commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
+    scanTimeout: positiveDuration("scan_timeout", merged.scan_timeout as string),
+    vanishShare: parseVanishThreshold(merged.vanish_threshold as string),
     pins: parsePins(merged.pin as string),
     stateDir: absolutePath("state_dir", merged.state_dir as string),
     runtimeDir: absolutePath("runtime_dir", merged.runtime_dir as string),
@@ -222,6 +232,15 @@ function parseKeepFree(value: string): Capacity {
   return { kind: "bytes", bytes };
 }
 
+/** vanish_threshold: "50%" (a share of the known images), or "off". */
+function parseVanishThreshold(value: string): number | undefined {
+  if (value.trim().toLowerCase() === "off") return undefined;
+  const pct = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(value);
+  const percent = Number(pct?.[1]);
+  if (!pct || !(percent >= 0 && percent < 100)) throw bad("vanish_threshold", value, "N% of the known images (0 <= N < 100), e.g. 50%, or off");
+  return percent / 100;
+}
+
 /** A rate per second: "200MB" or "200MB/s"; 0 for unlimited. */
 function parseRate(key: string, value: string): number {
   const bytes = parseSize(value.replace(/\/s\s*$/i, ""));
@@ -253,14 +272,20 @@ function isInside(child: string, parent: string): boolean {
 }
 
 /**
- * Each directory must exist, and they must not overlap: a cache inside the
- * data directory would be taken for images, a mount directory inside either
- * would be listed as files. Paths become real paths, because the kernel
- * reports loop backing files by their real path.
+ * cachedir and mountdir must exist, and the three must not overlap: a cache
+ * inside the data directory would be taken for images, a mount directory
+ * inside either would be listed as files. Paths become real paths, because
+ * the kernel reports loop backing files by their real path.
+ *
+ * datadir is not looked at here: it lives on a file server that may be down
+ * (a stat would hang the daemon before it starts) or not mounted yet (an
+ * automounter at boot), which is no reason to leave the node unmanaged. The
+ * daemon resolves it at each scan, through a child process, and starts
+ * anyway when it cannot (observe/snapshot.ts); here it is taken as written.
  */
 export async function resolveDirectories(config: Config): Promise<Config> {
   const resolved = { ...config };
-  for (const key of ["datadir", "cachedir", "mountdir"] as const) {
+  for (const key of ["cachedir", "mountdir"] as const) {
     const value = config[key];
     try {
       const st = await stat(value);
@@ -271,15 +296,20 @@ export async function resolveDirectories(config: Config): Promise<Config> {
       throw new UsageError(`config: ${key} = ${JSON.stringify(value)} is not usable (${errnoCode(err) ?? String(err)}); expected an absolute path to an existing directory`);
     }
   }
+  checkOverlap(resolved, config);
+  return resolved;
+}
+
+/** The three directories must be distinct and not nested (resolved: their real paths, as far as known). */
+export function checkOverlap(resolved: Pick<Config, "datadir" | "cachedir" | "mountdir">, written: Pick<Config, "datadir" | "cachedir" | "mountdir"> = resolved): void {
   const keys = ["datadir", "cachedir", "mountdir"] as const;
   for (const a of keys) {
     for (const b of keys) {
       if (a !== b && isInside(resolved[a], resolved[b])) {
-        throw new UsageError(`config: ${a} = ${JSON.stringify(config[a])} overlaps ${b} = ${JSON.stringify(config[b])}; the three directories must be distinct and not nested`);
+        throw new UsageError(`config: ${a} = ${JSON.stringify(written[a])} overlaps ${b} = ${JSON.stringify(written[b])}; the three directories must be distinct and not nested`);
       }
     }
   }
-  return resolved;
 }
 
 export interface LoadOptions {

@@ -1,13 +1,20 @@
 import type { Logger } from "pino";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
 import { act } from "./act/apply.js";
 import { run as realRun, type Runner } from "./act/exec.js";
 import { TransferPool, type CopyOutcome } from "./act/transfers.js";
 import type { Config } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { Observer, type ObserveRoots, type Snapshot } from "./observe/snapshot.js";
+import { statFile } from "./observe/scan.js";
+import { Storage, type StorageView } from "./observe/storage.js";
+import type { LoopDevice } from "./observe/loops.js";
+import type { MountEntry } from "./observe/mountinfo.js";
+import { applyHolds, type DirCondition, type Holds } from "./plan/availability.js";
 import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
-import { layerStacks, mountedImages } from "./plan/layers.js";
+import { layerStacks, mountedImages, provisionalImages, relocateDetached, tierOf } from "./plan/layers.js";
 import { readLoopAt } from "./observe/loops.js";
 import { admitCopies, budget, copyPriority, fitPins, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
@@ -16,6 +23,7 @@ import type { Layer } from "./plan/layers.js";
 import { Metrics } from "./report/metrics.js";
 import { STATUS_VERSION, type DatasetStatus, type StatusReport } from "./report/status.js";
 import { writeStatusFile } from "./report/status-file.js";
+import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devices.js";
 import { activePins, readPins, type Pin } from "./state/pins.js";
 import { formatBytes } from "./units.js";
 
@@ -52,6 +60,13 @@ export class Daemon {
   private readonly clock: () => number;
   private readonly roots: ObserveRoots;
   private previous?: Snapshot;
+  /** What the daemon believes of datadir and cachedir (observe/storage.ts). */
+  private storage: Storage;
+  /** Image files of the last catalog's datasets: what a scan of datadir is expected to list (AssessInput.known). */
+  private lastDatasetFiles = new Set<string>();
+  /** Ends with the daemon: stops waiting for scans, and the scans themselves. */
+  private readonly lifetime = new AbortController();
+  private bootId?: string;
   private readonly backoff = new Map<string, { failures: number; until: number }>();
   /** Mount points made by this process, so that one left empty can be removed (see DiffInput.ownedDirs). */
   private readonly ownedDirs = new Set<string>();
@@ -70,7 +85,8 @@ export class Daemon {
     this.run = options.run ?? realRun;
     this.clock = options.clock ?? Date.now;
     this.roots = options.roots ?? { proc: "/proc", sys: "/sys" };
-    this.observer = new Observer(this.roots, this.clock);
+    this.observer = new Observer(this.config, this.run, this.roots, this.clock);
+    this.storage = new Storage(this.config, this.clock());
     this.stats = new Stats(this.config.period * 1000);
     this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET);
     this.transfers = new TransferPool({
@@ -81,7 +97,23 @@ export class Daemon {
       logger: this.logger,
       clock: this.clock,
       onSettled: (name, outcome) => this.onCopySettled(name, outcome),
+      // The image is on the file server: checked through datadir's channel, never in the daemon's threads.
+      statImage: (file, signal) => this.observer.datadir.exclusive(() => statFile(this.run, file, this.config.scanTimeout * 1000, signal), signal),
     });
+  }
+
+  /**
+   * Before the first tick: the file systems datadir has been on in this
+   * boot (state/devices.ts), so that the daemon's own mounts are recognised
+   * after datadir was remounted, even across a restart.
+   */
+  async init(): Promise<void> {
+    try {
+      this.bootId = await readBootId(this.roots.proc);
+      this.storage = new Storage(this.config, this.clock(), await readDatadirMemory(this.config.stateDir, this.bootId));
+    } catch (err) {
+      this.logger.warn({ err: errorMessage(err) }, "cannot read the file systems datadir was on; mounts made before a remount of datadir will be left alone");
+    }
   }
 
   /** One pass of observe -> plan -> diff -> act. */
@@ -89,13 +121,34 @@ export class Daemon {
     const started = performance.now();
     const config = this.config;
 
-    // 1. Observe the machine.
-    const snapshot = await this.observer.observe(config);
-    const now = snapshot.now;
+    // 1. Observe the machine, and this tick's scans of datadir and cachedir.
+    const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal);
+    const now = observation.now;
+    const loops = relocateDetached(observation.loops, this.storage.datadirDevices, config);
+
+    // 2. Believe the scans, or hold: "unavailable" is never "empty" (plan/availability.ts).
+    const view = this.storage.update(observation, this.knownImages(observation.mounts, loops), config);
+    await this.noteStorage(view);
+    const holds: Holds = { datadir: !view.dataFresh, cachedir: !view.cacheFresh };
+    const cacheFiles = view.cache?.listing.entries ?? [];
+    const partial: Snapshot = {
+      now,
+      images: [],
+      probes: new Map(),
+      cacheFiles,
+      mounts: observation.mounts,
+      loops,
+      readBytes: observation.readBytes,
+      cacheFs: view.cache?.fs ?? { totalBytes: 0, freeBytes: 0 },
+    };
+    // Before any scan of datadir was believed (started while it is away), the datasets are what is mounted.
+    const { images, probes } = view.data ? { images: view.data.listing.entries, probes: view.data.probes } : provisionalImages(partial, config);
+    const snapshot: Snapshot = { ...partial, images, probes };
     const stacks = layerStacks(snapshot, config);
 
     // 2. Which images are datasets, which are refused, which are still being written.
     const catalog = catalogue(snapshot, this.previous, config, mountedImages(stacks));
+    if (view.dataFresh) this.lastDatasetFiles = new Set([...catalog.datasets.values()].map((d) => d.imageFile));
     this.reportRefusals(catalog);
 
     // 3. Read statistics over the window.
@@ -133,7 +186,11 @@ export class Daemon {
 
     // 7. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
-    const { actions, problems } = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted, ownedDirs: this.ownedDirs });
+    const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted, ownedDirs: this.ownedDirs });
+    // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
+    const actions = applyHolds(wanted.actions, holds);
+    // Problems found against a listing that cannot be believed would be guesses: reported once it can.
+    const problems = holds.datadir ? [] : wanted.problems;
     this.reportAll("problem", [
       ...problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
       ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
@@ -156,17 +213,77 @@ export class Daemon {
       if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
     }
 
-    this.previous = snapshot;
+    // Stability (an image mounted only once unchanged for a tick) is judged between believed scans only.
+    if (view.dataFresh) this.previous = snapshot;
     this.ticks++;
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
     const ms = Math.round(performance.now() - started);
 
     // 9. Tell: the log, the status file, metrics, systemd.
     const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
+    report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
     const counts = countStates(report);
     this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
     await this.publish(report, counts);
     return report;
+  }
+
+  /**
+   * How long a tick waits for a scan: a scan that takes longer is taken by a
+   * later tick, so that the loop keeps its pace (status, metrics, watchdog)
+   * even while the file server does not answer.
+   */
+  private scanWaitMs(): number {
+    return Math.min(this.config.interval, this.config.scanTimeout) * 1000;
+  }
+
+  /**
+   * Image files the daemon serves and so expects a scan of datadir to list:
+   * those mounted as slow layers, those with a copy in cachedir, and the
+   * datasets of the last believed scan.
+   */
+  private knownImages(mounts: readonly MountEntry[], loops: ReadonlyMap<string, LoopDevice>): Set<string> {
+    const known = new Set(this.lastDatasetFiles);
+    for (const m of mounts) {
+      const loop = loops.get(m.majorMinor);
+      if (loop && tierOf(loop.backingFile, this.config) === "slow") known.add(path.basename(loop.backingFile));
+    }
+    for (const f of this.storage.lastCache?.listing.entries ?? []) if (f.type === "file" && !f.file.startsWith(".")) known.add(f.file);
+    return known;
+  }
+
+  /** Log each change of a directory's condition once; remember a new file system of datadir; take its real path. */
+  private async noteStorage(view: StorageView): Promise<void> {
+    for (const { before, after } of view.changed) this.logCondition(before, after);
+    const real = view.data?.realPath;
+    if (view.dataFresh && real !== undefined && real !== this.config.datadir) {
+      this.logger.info({ datadir: this.config.datadir, realPath: real }, "datadir resolved");
+      this.config = { ...this.config, datadir: real };
+    }
+    if (view.newDatadirDev !== undefined && this.storage.datadirDevices.size > 1) {
+      this.logger.info({ dir: "datadir", path: this.config.datadir, dev: view.newDatadirDev }, "datadir is on another file system; its images are there");
+    }
+    const bootId = this.bootId;
+    if (view.memoryChanged && bootId !== undefined) {
+      await this.attempt("datadir memory", async () => {
+        await mkdir(this.config.stateDir, { recursive: true, mode: 0o755 });
+        await writeDatadirMemory(this.config.stateDir, bootId, this.storage.memory);
+      });
+    }
+    // Whatever failed while the server was away failed because of it: retried at once.
+    if (view.changed.some(({ after }) => after.dir === "datadir" && after.available)) this.backoff.clear();
+  }
+
+  private logCondition(before: DirCondition, c: DirCondition): void {
+    const fields = { dir: c.dir, path: c.path, reason: c.reason };
+    if (c.available) {
+      // The first scan after start: nothing was wrong.
+      if (before.reason === "Starting") return;
+      this.logger.info({ ...fields, outageMs: c.since - before.since, was: before.reason }, `${c.dir} available again`);
+      return;
+    }
+    const doing = c.dir === "datadir" ? "serving what is mounted and cached, changing nothing until it is back" : "changing nothing in the cache until it is back";
+    this.logger.warn({ ...fields, cause: c.message }, `${c.dir} unavailable: ${c.message}; ${doing}`);
   }
 
   private buildReport(input: {
@@ -239,7 +356,11 @@ export class Daemon {
     // Each tick's report sets a few series per dataset: not done when nobody reads them.
     if (config.metricsFile || config.metricsListen) this.metrics.update(report);
     const pct = report.cache.capacityBytes > 0 ? Math.round((100 * report.cache.usedBytes) / report.cache.capacityBytes) : 0;
-    const summary = `${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
+    const trouble = [this.storage.datadir, this.storage.cachedir]
+      .filter((c) => !c.available && c.reason !== "Starting")
+      .map((c) => `${c.dir} unavailable (${c.message}), holding: `)
+      .join("");
+    const summary = `${trouble}${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
     await Promise.all([
       this.attempt("status file", () => writeStatusFile(config.runtimeDir, report)),
       this.attempt("metrics file", async () => {
@@ -279,7 +400,10 @@ export class Daemon {
    * caller rejects such a file, as any invalid one, and keeps the old.
    */
   reconfigure(config: Config): void {
-    this.config = config;
+    // datadir keeps the real path the daemon resolved (the file names it as written).
+    this.config = { ...config, datadir: this.config.datadir };
+    // A reload is also how an administrator confirms a disappearance held back (plan/availability.ts).
+    if (this.storage.confirm()) this.logger.warn({ dir: "datadir", path: this.config.datadir }, "datadir: the images that vanished are taken as removed at the next scan, as confirmed by the reload");
     this.stats.setPeriod(config.period * 1000);
     this.transfers.reconfigure({ maxCopies: config.maxCopies, copyBwlimit: config.copyBwlimit, commandTimeoutS: config.commandTimeout });
     this.wake();
@@ -347,6 +471,8 @@ export class Daemon {
     // The signal handler and the end of runLoop both stop: do it once, and let both wait for it.
     this.stopped ??= (async () => {
       this.stopping = true;
+      // A tick waiting for a scan of a dead server stops waiting; the scan's child is killed and left behind.
+      this.lifetime.abort();
       this.wake();
       // systemd shows "deactivating" while the copies are cancelled.
       await this.attempt("systemd notify", () => this.notifier.send({ STOPPING: "1", STATUS: "stopping: cancelling copies, leaving mounts in place" }));
@@ -364,7 +490,9 @@ export class Daemon {
 
   private async noteAttached(target: string): Promise<void> {
     const loop = await readLoopAt(target, this.roots);
-    if (loop) this.stats.noteAttached(loop.device.name, loop.device.backingFile, loop.readBytes);
+    if (!loop) return;
+    this.stats.noteAttached(loop.device.name, loop.device.backingFile, loop.readBytes);
+    this.observer.forgetBacking(loop.device.name);
   }
 
   private onCopySettled(name: string, outcome: CopyOutcome): void {

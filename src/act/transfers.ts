@@ -39,6 +39,13 @@ export interface TransferPoolOptions {
   /** Called when a copy ends, whatever the outcome; the daemon wakes its loop to mount the copy. */
   onSettled: (name: string, outcome: CopyOutcome) => void;
   clock?: () => number;
+  /**
+   * Size and mtime of an image, to check that it did not change during its
+   * copy. The image is on the file server: the daemon reads it through
+   * datadir's one-at-a-time channel (observe/dir-watch.ts), never in its own
+   * threads. fs.stat by default (tests).
+   */
+  statImage?: (file: string, signal: AbortSignal) => Promise<{ size: number; mtimeMs: number }>;
 }
 
 /**
@@ -132,7 +139,7 @@ export class TransferPool {
       await Promise.all([copying, flushWhile(t.tmpPath, copying)]);
       if (t.abort.signal.aborted) throw new Error("cancelled");
       await fsyncFile(t.tmpPath);
-      const [copied, image] = await Promise.all([stat(t.tmpPath), stat(t.source)]);
+      const [copied, image] = await Promise.all([stat(t.tmpPath), (this.options.statImage ?? ((f: string) => stat(f)))(t.source, t.abort.signal)]);
       if (!sameVersion(image, t)) throw new Error("image changed during the copy");
       if (!sameVersion(copied, t)) {
         throw new Error(`copy does not match the image (size ${copied.size} vs ${t.size}, mtime ${copied.mtimeMs} vs ${t.mtimeMs})`);
@@ -157,20 +164,17 @@ export class TransferPool {
    * cp lets the kernel copy (copy_file_range, or a reflink when the image and
    * the cache share a btrfs or XFS file system): a third of rsync's CPU and
    * twice its ceiling on the testbed (BENCHMARKS.md). rsync stays for
-   * copy_bwlimit, which cp cannot do. cp has no I/O timeout of its own, so a
-   * watchdog cuts it when its temporary file stops growing for
-   * commandTimeoutS (a dead NFS server), as rsync --timeout does.
+   * copy_bwlimit, which cp cannot do. A watchdog cuts either when its
+   * temporary file stops growing for commandTimeoutS (a dead NFS server): cp
+   * has no I/O timeout of its own, and rsync's cannot fire while a read is
+   * stuck in the kernel.
    */
   private async runCopy(t: Transfer): Promise<void> {
     const timeoutS = Math.max(1, Math.round(this.options.commandTimeoutS));
-    if (this.options.copyBwlimit > 0) {
-      const bwlimit = `--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`;
-      await this.options.run("rsync", ["--inplace", "--times", `--timeout=${timeoutS}`, bwlimit, "--", t.source, t.tmpPath], {
-        timeoutMs: COPY_TIMEOUT_MS,
-        signal: t.abort.signal,
-      });
-      return;
-    }
+    const [program, args] =
+      this.options.copyBwlimit > 0
+        ? ["rsync", ["--inplace", "--times", `--timeout=${timeoutS}`, `--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`, "--", t.source, t.tmpPath]]
+        : ["cp", ["--reflink=auto", "--preserve=timestamps", "--", t.source, t.tmpPath]];
     const stop = new AbortController();
     const cancel = (): void => stop.abort();
     t.abort.signal.addEventListener("abort", cancel, { once: true });
@@ -178,7 +182,7 @@ export class TransferPool {
     let size = -1;
     let movedAt = this.now();
     const watchdog = setInterval(() => {
-      // A file not created yet counts as no progress: cp may hang opening the image on a dead server.
+      // A file not created yet counts as no progress: the copy may hang opening the image on a dead server.
       void stat(t.tmpPath).then(
         (st) => st.size,
         () => -1,
@@ -193,7 +197,7 @@ export class TransferPool {
       });
     }, STALL_CHECK_MS);
     try {
-      await this.options.run("cp", ["--reflink=auto", "--preserve=timestamps", "--", t.source, t.tmpPath], { timeoutMs: COPY_TIMEOUT_MS, signal: stop.signal });
+      await this.options.run(program, args, { timeoutMs: COPY_TIMEOUT_MS, signal: stop.signal });
     } catch (err) {
       if (stalled) throw new Error(`no data moved for ${timeoutS} s`);
       throw err;

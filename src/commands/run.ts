@@ -32,6 +32,9 @@ function describe(config: Config): Record<string, unknown> {
   };
 }
 
+/** How long SIGTERM waits for the loop to end; the unit's TimeoutStopSec is 30 s. */
+const STOP_GRACE_MS = 15_000;
+
 /** `scratch_manager [run]`: the daemon. Configuration errors throw UsageError before anything is touched. */
 export async function runCommand(flags: RunFlags): Promise<void> {
   const raw: RawConfig = {
@@ -57,14 +60,22 @@ export async function runCommand(flags: RunFlags): Promise<void> {
     stopping = true;
     logger.info({ signal }, "stopping");
     void daemon.stop();
+    // Whatever is still running then (a mount stuck on a dead server, which
+    // the runner abandons after command_timeout) must not keep the unit in
+    // "deactivating" past TimeoutStopSec: the mounts stay, the next start adopts them.
+    setTimeout(() => {
+      logger.warn({ ms: STOP_GRACE_MS }, "not stopped in time; exiting, every mount left in place");
+      process.exit(0);
+    }, STOP_GRACE_MS).unref();
   };
   // SIGHUP (systemctl reload): the new file applies at the next tick, or is rejected whole.
   const reload = async () => {
     try {
       const next = await load();
+      // Against the file as first loaded: the daemon has since resolved datadir to its real path.
       for (const key of ["datadir", "cachedir", "mountdir"] as const) {
-        if (next[key] !== daemon.config[key]) {
-          throw new UsageError(`config: ${key} cannot change on reload (${daemon.config[key]} -> ${next[key]}); restart the service to move it`);
+        if (next[key] !== config[key]) {
+          throw new UsageError(`config: ${key} cannot change on reload (${config[key]} -> ${next[key]}); restart the service to move it`);
         }
       }
       daemon.reconfigure(next);
@@ -78,7 +89,9 @@ export async function runCommand(flags: RunFlags): Promise<void> {
   process.on("SIGHUP", () => void reload());
   process.on("SIGUSR1", () => daemon.logCacheBytes());
 
-  await daemon.runLoop();
+  await daemon.init();
+  const loop = daemon.runLoop();
+  await loop;
   await daemon.stop();
   daemon.logCacheBytes();
   logger.info("stopped");

@@ -1,8 +1,9 @@
-import si from "systeminformation";
+import { run } from "../act/exec.js";
 import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { DaemonNotRunning, readStatusFile, StatusFileError } from "../report/status-file.js";
 import type { StatusReport } from "../report/status.js";
+import { fsUsage } from "../observe/snapshot.js";
 import { renderStatus, type FsSpace } from "../report/table.js";
 
 export interface StatusFlags {
@@ -11,57 +12,38 @@ export interface StatusFlags {
   config?: string;
 }
 
-/** A mounted file system, as systeminformation's fsSize() lists it (only the fields used here). */
-export interface MountSpace {
-  mount: string;
-  size: number;
-  available: number;
-}
-
 export interface StatusDeps {
-  /** Lists mounted file systems; systeminformation's fsSize() by default. */
-  fsSize?: () => Promise<MountSpace[]>;
+  /** Size and free space of the file system holding a directory; stat -f in a child process by default. */
+  measure?: (dir: string) => Promise<FsSpace>;
   now?: number;
   isAlive?: (pid: number) => boolean;
 }
 
-/** The cache file system's space with the mount point it was measured on. */
-export interface StatusFs extends FsSpace {
-  /** Mount point of the cache directory, when found in the mount list. */
-  mount?: string;
-}
+/**
+ * How long `status` waits for the cache file system's figures before it
+ * shows the daemon's own, a few seconds old: the command must answer while
+ * a disk does not.
+ */
+const MEASURE_TIMEOUT_MS = 3000;
 
 /** `--runtime-dir`, else `runtime_dir` in the configuration file (explicit, else the default if it exists), else /run/scratch_manager. */
 export function resolveRuntimeDir(flags: StatusFlags): Promise<string> {
   return configuredDir("runtime_dir", flags.runtimeDir, flags.config);
 }
 
-function isUnder(dir: string, mount: string): boolean {
-  return mount === "/" || dir === mount || dir.startsWith(`${mount}/`);
-}
-
 /**
- * Space of the file system holding `dir`: the mount point that is the
- * longest prefix of it. Undefined when none matches (the list leaves out
- * some file system types) so the caller falls back to the daemon's figure.
+ * The cache file system's space now: stat -f of cachedir alone, in a child
+ * with a timeout. Not df, nor systeminformation's fsSize() (which runs df):
+ * they stat every mount of the node, and one dead NFS server hangs them,
+ * and `status` with them, just when an administrator needs it.
  */
-export function cacheFsSpace(dir: string, mounts: readonly MountSpace[]): StatusFs | undefined {
-  let best: MountSpace | undefined;
-  for (const m of mounts) {
-    if (isUnder(dir, m.mount) && (best === undefined || m.mount.length > best.mount.length)) best = m;
-  }
-  return best && { mount: best.mount, totalBytes: best.size, freeBytes: best.available };
-}
-
-async function measureFs(report: StatusReport, fsSize: () => Promise<MountSpace[]>): Promise<StatusFs> {
-  let measured: StatusFs | undefined;
+async function measureFs(report: StatusReport, measure: (dir: string) => Promise<FsSpace>): Promise<FsSpace> {
   try {
-    measured = cacheFsSpace(report.cache.dir, await fsSize());
+    return await measure(report.cache.dir);
   } catch {
-    // The figure the daemon wrote at its last tick is a few seconds old at
-    // most: good enough when df cannot be run.
+    // The figure the daemon wrote at its last tick is a few seconds old at most.
+    return { totalBytes: report.cache.fsTotalBytes, freeBytes: report.cache.fsFreeBytes };
   }
-  return measured ?? { totalBytes: report.cache.fsTotalBytes, freeBytes: report.cache.fsFreeBytes };
 }
 
 /**
@@ -79,7 +61,7 @@ export async function statusOutput(flags: StatusFlags, deps: StatusDeps = {}): P
     if (err instanceof DaemonNotRunning || err instanceof StatusFileError) throw new UsageError(errorMessage(err), 1);
     throw err;
   }
-  const fs = await measureFs(report, deps.fsSize ?? (() => si.fsSize()));
+  const fs = await measureFs(report, deps.measure ?? ((dir) => fsUsage(run, dir, MEASURE_TIMEOUT_MS)));
   return flags.json === true ? `${JSON.stringify({ ...report, fs }, null, 2)}\n` : renderStatus(report, fs);
 }
 

@@ -1,9 +1,3 @@
-import { lstat, open, readdir } from "node:fs/promises";
-import path from "node:path";
-import pMap from "p-map";
-import { READ_CONCURRENCY } from "./concurrency.js";
-import { errnoCode } from "../errors.js";
-
 export type ImageKind = "squashfs" | "erofs";
 
 /** A directory entry of datadir or cachedir, as lstat saw it. */
@@ -14,6 +8,8 @@ export interface FileEntry {
   size: number;
   mtimeMs: number;
   ino: number;
+  /** st_dev, "major:minor" (observe/scan.ts). */
+  dev?: string;
 }
 
 export type Probe = { ok: true; kind: ImageKind } | { ok: false; reason: string };
@@ -22,7 +18,8 @@ const SQUASHFS_MAGIC = 0x73717368; // "hsqs", little-endian, at offset 0
 const SQUASHFS_SUPERBLOCK_BYTES = 96;
 const EROFS_MAGIC = 0xe0f5e1e2; // at offset 1024
 const EROFS_SUPER_OFFSET = 1024;
-const PROBE_BYTES = EROFS_SUPER_OFFSET + 128;
+/** Bytes of an image read to recognise it: up to the end of an EROFS superblock. */
+export const PROBE_BYTES = EROFS_SUPER_OFFSET + 128;
 
 /**
  * Recognise an image by its superblock, not its extension, and check that the
@@ -48,39 +45,4 @@ export function probeHeader(header: Buffer, fileSize: number): Probe {
     return { ok: true, kind: "erofs" };
   }
   return { ok: false, reason: "not a squashfs or EROFS image (no superblock magic)" };
-}
-
-export async function probeImage(file: string, size: number): Promise<Probe> {
-  let handle;
-  try {
-    handle = await open(file, "r");
-    const buf = Buffer.alloc(PROBE_BYTES);
-    const { bytesRead } = await handle.read(buf, 0, PROBE_BYTES, 0);
-    return probeHeader(buf.subarray(0, bytesRead), size);
-  } catch (err) {
-    return { ok: false, reason: `cannot read (${errnoCode(err) ?? String(err)})` };
-  } finally {
-    await handle?.close();
-  }
-}
-
-/** lstat every entry of a directory; entries that vanish meanwhile are skipped. */
-export async function listDirectory(dir: string): Promise<FileEntry[]> {
-  const names = await readdir(dir);
-  const entries = await pMap(
-    names,
-    async (file): Promise<FileEntry | undefined> => {
-      const full = path.join(dir, file);
-      try {
-        const st = await lstat(full);
-        const type = st.isFile() ? "file" : st.isDirectory() ? "directory" : st.isSymbolicLink() ? "symlink" : "other";
-        return { file, path: full, type, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino };
-      } catch (err) {
-        if (errnoCode(err) === "ENOENT") return undefined;
-        throw err;
-      }
-    },
-    { concurrency: READ_CONCURRENCY },
-  );
-  return entries.filter((e): e is FileEntry => e !== undefined).sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { readdir, readlink, stat } from "node:fs/promises";
 import path from "node:path";
+import type { Runner } from "../act/exec.js";
 import { errnoCode } from "../errors.js";
 import { readLoopReadCounters } from "./diskstats.js";
 
@@ -14,6 +15,18 @@ export interface LoopDevice {
   /** The backing file was unlinked (or renamed over) while the device holds it. */
   deleted: boolean;
   sizeBytes: number;
+  /**
+   * The backing file's device and inode (LOOP_GET_STATUS64), read only when
+   * its path says nothing: a file system detached with `umount -l` reports
+   * its files' paths from its own root ("/alpha.sqfs").
+   */
+  backing?: BackingId;
+}
+
+export interface BackingId {
+  /** st_dev of the backing file, "major:minor". */
+  dev: string;
+  ino: number;
 }
 
 const DELETED = " (deleted)";
@@ -108,4 +121,32 @@ export async function readLoopAt(target: string, roots: { proc: string; sys: str
   const [device, counters] = await Promise.all([readLoopDevice(majorMinorOf(dev), roots.sys), readLoopReadCounters(roots.proc)]);
   const readBytes = device && counters.get(device.name);
   return device && readBytes !== undefined ? { device, readBytes } : undefined;
+}
+
+/** `losetup --list --json -O NAME,BACK-MAJ:MIN,BACK-INO` -> device name ("loop3") -> backing device and inode. Pure. */
+export function parseLosetupBacking(text: string): Map<string, BackingId> {
+  const out = new Map<string, BackingId>();
+  if (text.trim() === "") return out;
+  const rows = (JSON.parse(text) as { loopdevices?: Record<string, unknown>[] }).loopdevices ?? [];
+  for (const row of rows) {
+    const name = typeof row.name === "string" ? path.basename(row.name) : undefined;
+    const dev = typeof row["back-maj:min"] === "string" ? row["back-maj:min"].trim() : undefined;
+    const ino = Number(row["back-ino"]);
+    if (name && dev && /^\d+:\d+$/.test(dev) && Number.isSafeInteger(ino)) out.set(name, { dev, ino });
+  }
+  return out;
+}
+
+/**
+ * Backing device and inode of these loop devices, through losetup(8): sysfs
+ * does not show them, and Node cannot make the ioctl. One `losetup --list`
+ * of every device (it takes one device at most: a second name would be read
+ * as a file to attach), filtered; only asked when some device's backing path
+ * is under neither directory, and remembered by the caller.
+ */
+export async function readBackingIds(run: Runner, names: readonly string[], timeoutMs: number): Promise<Map<string, BackingId>> {
+  if (names.length === 0) return new Map();
+  const { stdout } = await run("losetup", ["--list", "--json", "--output", "NAME,BACK-MAJ:MIN,BACK-INO"], { timeoutMs });
+  const wanted = new Set(names);
+  return new Map([...parseLosetupBacking(stdout)].filter(([name]) => wanted.has(name)));
 }

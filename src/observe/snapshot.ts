@@ -1,12 +1,13 @@
-import { statfs } from "node:fs/promises";
-import pMap from "p-map";
-import { READ_CONCURRENCY } from "./concurrency.js";
-import type { Config } from "../config.js";
-import { readLoopReadCounters, type ReadCounters } from "./diskstats.js";
-import { listDirectory, probeImage, type FileEntry, type Probe } from "./images.js";
-import { readLoopDevices, type LoopDevice } from "./loops.js";
-import { readMountinfo, type MountEntry } from "./mountinfo.js";
 import path from "node:path";
+import type { Runner } from "../act/exec.js";
+import type { Config } from "../config.js";
+import type { ScanView } from "../plan/availability.js";
+import { readLoopReadCounters, type ReadCounters } from "./diskstats.js";
+import { DirWatch } from "./dir-watch.js";
+import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
+import { readBackingIds, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
+import { readMountinfo, type MountEntry } from "./mountinfo.js";
+import { listDirectory, readHeaders, realDirectory, scanFailure, ScanError, type Listing } from "./scan.js";
 
 export interface FsUsage {
   totalBytes: number;
@@ -17,6 +18,7 @@ export interface FsUsage {
 export interface Snapshot {
   /** Milliseconds, from the injected clock. */
   now: number;
+  /** The entries of datadir the daemon believes (see plan/availability.ts). */
   images: FileEntry[];
   /** Probe result for each regular file of datadir, by file name. */
   probes: Map<string, Probe>;
@@ -29,56 +31,167 @@ export interface Snapshot {
   cacheFs: FsUsage;
 }
 
+/** A scan of datadir: its entries, and the superblock probe of each image. */
+export interface DataScan {
+  listing: Listing;
+  probes: Map<string, Probe>;
+  /** datadir with its symbolic links resolved, as the kernel names loop devices' backing files. */
+  realPath: string;
+}
+
+/** A scan of cachedir: its entries and its file system's space. */
+export interface CacheScan {
+  listing: Listing;
+  fs: FsUsage;
+}
+
+/** What one tick observed: the machine's own state, and this tick's view of each directory. */
+export interface Observation {
+  now: number;
+  datadir: ScanView<DataScan>;
+  cachedir: ScanView<CacheScan>;
+  mounts: MountEntry[];
+  loops: Map<string, LoopDevice>;
+  readBytes: ReadCounters;
+  /** datadir (its real path, once known) is a mount point now (plan/availability.ts, AssessInput.mountPoint). */
+  datadirMountPoint?: boolean;
+}
+
 export interface ObserveRoots {
   proc: string;
   sys: string;
 }
 
 /**
- * Reads the machine. Keeps one thing between ticks: probe results keyed by
- * (inode, size, mtime), so that an unchanged image on NFS is not re-read
- * every tick.
+ * Reads the machine. The two directories are read only through their
+ * DirWatch, by child processes (observe/scan.ts): the daemon never makes a
+ * system call on the file server itself. Keeps between ticks: probe results
+ * keyed by (inode, size, mtime), so that an unchanged image on NFS is not
+ * read again, and loop devices' backing identities.
  */
 export class Observer {
   private probeCache = new Map<string, { key: string; probe: Probe }>();
+  private backingIds = new Map<string, { key: string; id: BackingId | undefined }>();
+  readonly datadir: DirWatch<DataScan>;
+  readonly cachedir: DirWatch<CacheScan>;
+  /** datadir's real path, once resolved (it may not exist at start). */
+  private datadirReal?: string;
 
   constructor(
+    config: Pick<Config, "datadir" | "cachedir">,
+    private readonly run: Runner,
     private readonly roots: ObserveRoots = { proc: "/proc", sys: "/sys" },
     private readonly clock: () => number = Date.now,
-  ) {}
+  ) {
+    this.datadir = new DirWatch(config.datadir, clock);
+    this.cachedir = new DirWatch(config.cachedir, clock);
+  }
 
-  async observe(config: Config): Promise<Snapshot> {
-    const [images, cacheFiles, allMounts, loopList, readBytes, fs] = await Promise.all([
-      listDirectory(config.datadir),
-      listDirectory(config.cachedir),
+  /**
+   * @param waitMs how long this tick waits for a scan of each directory; one
+   *   that takes longer is taken by a later tick (see DirWatch.poll).
+   */
+  async observe(config: Config, waitMs: number, signal?: AbortSignal): Promise<Observation> {
+    const timeoutMs = config.scanTimeout * 1000;
+    const [datadir, cachedir, allMounts, loopList, readBytes] = await Promise.all([
+      this.datadir.poll((s) => this.scanData(config, timeoutMs, s), waitMs, signal),
+      this.cachedir.poll((s) => this.scanCache(config, timeoutMs, s), waitMs, signal),
       readMountinfo(this.roots.proc),
       readLoopDevices(this.roots.sys),
       readLoopReadCounters(this.roots.proc),
-      statfs(config.cachedir),
     ]);
+    const mounts = allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir);
+    const real = this.datadirReal;
+    const datadirMountPoint = real === undefined ? undefined : allMounts.some((m) => m.mountPoint === real);
+    const loops = new Map(loopList.map((l) => [l.majorMinor, l]));
+    await this.identifyBacking(mounts, loops, timeoutMs);
+    return { now: this.clock(), datadir, cachedir, mounts, loops, readBytes, datadirMountPoint };
+  }
+
+  /**
+   * The backing file's device and inode of every loop device mounted under
+   * mountdir (LoopDevice.backing): its path alone does not say which file it
+   * is. On NFS or FUSE an image replaced by another client keeps its path in
+   * the kernel's eyes, without " (deleted)", and a file system detached with
+   * `umount -l` names its files from its own root. A device keeps its file
+   * while attached: read once (one losetup for all new ones), remembered
+   * until it is detached or attached again (forgetBacking).
+   */
+  private async identifyBacking(mounts: readonly MountEntry[], loops: Map<string, LoopDevice>, timeoutMs: number): Promise<void> {
+    const wanted: LoopDevice[] = [];
+    const live = new Set<string>();
+    for (const m of mounts) {
+      const loop = loops.get(m.majorMinor);
+      if (!loop) continue;
+      live.add(loop.name);
+      const known = this.backingIds.get(loop.name);
+      if (known?.key === loop.backingFile) loop.backing = known.id;
+      else wanted.push(loop);
+    }
+    for (const name of this.backingIds.keys()) if (!live.has(name)) this.backingIds.delete(name);
+    if (wanted.length === 0) return;
+    let ids: Map<string, BackingId>;
+    try {
+      ids = await readBackingIds(this.run, wanted.map((l) => l.name), timeoutMs);
+    } catch {
+      // Unknown for now: such a device is judged by its path this tick, and asked again next tick.
+      return;
+    }
+    for (const loop of wanted) {
+      loop.backing = ids.get(loop.name);
+      this.backingIds.set(loop.name, { key: loop.backingFile, id: loop.backing });
+    }
+  }
+
+  /** A device the daemon has just attached: what was remembered of it belongs to its previous file. */
+  forgetBacking(device: string): void {
+    this.backingIds.delete(device);
+  }
+
+  /** One scan of datadir: resolve it (it may have appeared since), list it, probe its new images. */
+  private async scanData(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<DataScan> {
+    const realPath = await realDirectory(this.run, config.datadir, timeoutMs, signal);
+    this.datadirReal = realPath;
+    const listing = await listDirectory(this.run, realPath, timeoutMs, signal);
     const probes = new Map<string, Probe>();
     const seen = new Map<string, { key: string; probe: Probe }>();
-    await pMap(
-      images.filter((e) => e.type === "file"),
-      async (e) => {
-        const key = `${e.ino}:${e.size}:${e.mtimeMs}`;
-        const cached = this.probeCache.get(e.file);
-        const probe = cached?.key === key ? cached.probe : await probeImage(e.path, e.size);
-        probes.set(e.file, probe);
-        seen.set(e.file, { key, probe });
-      },
-      { concurrency: READ_CONCURRENCY },
-    );
+    const toRead: FileEntry[] = [];
+    for (const e of listing.entries) {
+      if (e.type !== "file" || e.file.startsWith(".")) continue;
+      const key = `${e.ino}:${e.size}:${e.mtimeMs}`;
+      const cached = this.probeCache.get(e.file);
+      if (cached?.key === key) {
+        probes.set(e.file, cached.probe);
+        seen.set(e.file, cached);
+      } else toRead.push(e);
+    }
+    const headers = await readHeaders(this.run, toRead, PROBE_BYTES, timeoutMs, signal);
+    for (const e of toRead) {
+      const header = headers.get(e.path);
+      const probe: Probe = header instanceof Buffer ? probeHeader(header, e.size) : { ok: false, reason: `cannot read (${header instanceof ScanError ? header.code : "no data"})` };
+      probes.set(e.file, probe);
+      seen.set(e.file, { key: `${e.ino}:${e.size}:${e.mtimeMs}`, probe });
+    }
     this.probeCache = seen;
-    return {
-      now: this.clock(),
-      images,
-      probes,
-      cacheFiles,
-      mounts: allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir),
-      loops: new Map(loopList.map((l) => [l.majorMinor, l])),
-      readBytes,
-      cacheFs: { totalBytes: fs.blocks * fs.bsize, freeBytes: fs.bavail * fs.bsize },
-    };
+    return { listing, probes, realPath };
   }
+
+  private async scanCache(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<CacheScan> {
+    const listing = await listDirectory(this.run, config.cachedir, timeoutMs, signal);
+    const fs = await fsUsage(this.run, config.cachedir, timeoutMs, signal);
+    return { listing, fs };
+  }
+}
+
+/** Size and free space of the file system holding `dir`, through stat -f (a child, like every read of the directories). */
+export async function fsUsage(run: Runner, dir: string, timeoutMs: number, signal?: AbortSignal): Promise<FsUsage> {
+  let stdout: string;
+  try {
+    ({ stdout } = await run("stat", ["--file-system", "--printf", "%S %b %a", "--", dir], { timeoutMs, signal }));
+  } catch (err) {
+    throw scanFailure(err, `statfs of ${dir}`);
+  }
+  const [frsize, blocks, avail] = stdout.trim().split(/\s+/).map(Number) as [number, number, number];
+  if (![frsize, blocks, avail].every(Number.isFinite)) throw new ScanError("EPROTO", `stat -f printed ${JSON.stringify(stdout)} for ${dir}`);
+  return { totalBytes: frsize * blocks, freeBytes: frsize * avail };
 }

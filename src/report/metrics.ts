@@ -5,6 +5,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom
 import { parseHostPort } from "../config.js";
 import { errorMessage } from "../errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
+import type { DirName, DirReason } from "../plan/availability.js";
 import type { DatasetState, DatasetStatus, StatusReport } from "./status.js";
 
 const PREFIX = "scratch_manager_";
@@ -12,6 +13,10 @@ const PREFIX = "scratch_manager_";
 /** Every state, checked by the compiler: a new DatasetState must be added here, or this does not build. */
 const STATE_SET: Record<DatasetState, true> = { slow: true, queued: true, copying: true, cached: true };
 const STATES = Object.keys(STATE_SET) as DatasetState[];
+
+/** Every reason, checked by the compiler as STATE_SET is. */
+const DIR_REASON_SET: Record<DirReason, true> = { Starting: true, Available: true, NotResponding: true, IOError: true, Missing: true, FilesystemChanged: true, MassDisappearance: true };
+const DIR_REASONS = Object.keys(DIR_REASON_SET) as DirReason[];
 
 const TIERS = ["slow", "cache"] as const;
 type Tier = (typeof TIERS)[number];
@@ -80,6 +85,9 @@ export class Metrics {
   private readonly cacheBytesServed: Counter;
   private readonly tickDuration: Histogram;
   private readonly lastUpdate: Gauge;
+  private readonly dirUp: Record<DirName, Gauge>;
+  private readonly dirLastScan: Record<DirName, Gauge>;
+  private readonly dirReason: Gauge<"dir" | "reason">;
 
   /** The previous report's totals, per dataset, to turn totals into increments. */
   private readonly previousRead = new Map<string, Totals>();
@@ -132,6 +140,21 @@ export class Metrics {
     });
     this.lastUpdate = gauge("status_timestamp_seconds", "When the daemon wrote the status these metrics come from (Unix time), to alert on a stuck daemon.");
 
+    this.dirUp = {
+      datadir: gauge("datadir_up", "1 when the last scan of the data directory (shared storage) was believed, 0 while it is unavailable (not answering, I/O errors, another file system, images vanished)."),
+      cachedir: gauge("cachedir_up", "1 when the last scan of the cache directory was believed, 0 while it is unavailable."),
+    };
+    this.dirLastScan = {
+      datadir: gauge("datadir_last_scan_timestamp_seconds", "When a scan of the data directory was last believed (Unix time)."),
+      cachedir: gauge("cachedir_last_scan_timestamp_seconds", "When a scan of the cache directory was last believed (Unix time)."),
+    };
+    this.dirReason = new Gauge({
+      name: `${PREFIX}directory_condition`,
+      help: `1 for the current reason of each directory's condition, 0 for the others (${DIR_REASONS.join(", ")}).`,
+      labelNames: ["dir", "reason"],
+      registers,
+    });
+
     if (options.processMetrics === true) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
   }
 
@@ -172,6 +195,13 @@ export class Metrics {
       this.previousTick = report.tick.count;
     }
     this.lastUpdate.set(report.writtenAt / 1000);
+
+    for (const c of [report.storage?.datadir, report.storage?.cachedir]) {
+      if (!c) continue;
+      this.dirUp[c.dir].set(c.available ? 1 : 0);
+      if (c.lastGoodScanAt !== undefined) this.dirLastScan[c.dir].set(c.lastGoodScanAt / 1000);
+      for (const reason of DIR_REASONS) this.dirReason.set({ dir: c.dir, reason }, reason === c.reason ? 1 : 0);
+    }
   }
 
   private updateDataset(d: DatasetStatus): void {

@@ -1,3 +1,5 @@
+import type { DirCondition } from "../plan/availability.js";
+
 /**
  * The status report: what the daemon knows after each tick, written
  * atomically as JSON to <runtime_dir>/status.json for `scratch_manager
@@ -76,4 +78,9 @@ export interface StatusReport {
   tick: { count: number; ms: number };
   /** Conditions an administrator should know about: pins that do not fit, pins of unknown datasets, ... */
   problems: string[];
+  /**
+   * Whether datadir and cachedir answer (plan/availability.ts). Absent in a
+   * report of a daemon from before it was added.
+   */
+  storage?: { datadir: DirCondition; cachedir: DirCondition };
 }

@@ -69,6 +69,22 @@ export function stateText(d: DatasetStatus, reference: number): string {
  * cache, notes and problems. Times are shown relative to the report's own
  * time, so the output depends on nothing but its arguments.
  */
+/**
+ * One line per directory that cannot be believed, for the top of the
+ * output: what is wrong, since when, and what the daemon does meanwhile.
+ */
+export function storageLines(report: StatusReport): string[] {
+  const lines: string[] = [];
+  for (const c of [report.storage?.datadir, report.storage?.cachedir]) {
+    if (!c || c.available || c.reason === "Starting") continue;
+    const since = `${formatClock(c.since, report.writtenAt, true)} (${formatAge(report.writtenAt - c.since)})`;
+    const last = c.lastGoodScanAt === undefined ? "never read" : `last read at ${formatClock(c.lastGoodScanAt, report.writtenAt, true)}`;
+    const doing = c.dir === "datadir" ? "serving what is mounted and cached; nothing unmounted, deleted or copied until it is back" : "nothing in the cache deleted, copied or mounted until it is back";
+    lines.push(`${c.dir} ${c.path}: UNAVAILABLE since ${since}: ${c.message} [${c.reason}]; ${last}; ${doing}`);
+  }
+  return lines;
+}
+
 export function renderStatus(report: StatusReport, fs?: FsSpace): string {
   const table = new Table({
     head: ["NAME", "SIZE", "STATE", "SLOW", "CACHE", "SERVED"],
@@ -93,7 +109,8 @@ export function renderStatus(report: StatusReport, fs?: FsSpace): string {
     table.push([path.basename(r.file), "-", truncate(`refused: ${r.reason}`, MAX_STATE), "-", "-", "-"]);
   }
 
-  const lines = [table.toString().replace(/ +$/gm, "")];
+  const trouble = storageLines(report);
+  const lines = [...trouble, ...(trouble.length > 0 ? [""] : []), table.toString().replace(/ +$/gm, "")];
   if (datasets.length === 0 && refused.length === 0) lines.push("no datasets");
   lines.push("");
 

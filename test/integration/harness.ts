@@ -9,8 +9,11 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { majorMinorOf } from "../../src/observe/loops.js";
 
 export const CLI = fileURLToPath(new URL("../../src/cli.js", import.meta.url));
+/** The FUSE file system that stands for the file server (test/fixtures/faultfs.py). */
+export const FAULTFS = fileURLToPath(new URL("../../../test/fixtures/faultfs.py", import.meta.url));
 
 /** Refuse to run outside a private mount namespace: these tests mount and unmount. */
 export function assertPrivateMountNamespace(): void {
@@ -87,6 +90,115 @@ export function makeSmallFs(root: TestRoot, name: string, sizeMB: number): strin
   mkdirSync(dir);
   execFileSync("mount", ["-o", "loop", image, dir]);
   return dir;
+}
+
+export type FaultMode = "ok" | "hang" | "eio";
+
+const faultFses = new Set<FaultFs>();
+
+/**
+ * A file server for the tests: a FUSE passthrough (Debian's python3-fusepy)
+ * of `source`, mounted at `mountPoint`, that can be told to hang every call
+ * (a hard NFS mount whose server is down), to fail with EIO (a soft mount
+ * timing out), or to answer again; and be unmounted (`umount -l`, as an
+ * automounter or an administrator would) and mounted again. Images are
+ * dropped into `source`, as another client of the server would.
+ * Every process it starts is ended by pid at teardown, and every mount of it
+ * undone; `devices` are the st_dev of each mount it made, to find loop
+ * devices left on its files even once the kernel names them from a detached
+ * root.
+ */
+export class FaultFs {
+  readonly source: string;
+  readonly control: string;
+  readonly devices = new Set<string>();
+  private processes: ChildProcess[] = [];
+
+  constructor(
+    readonly root: TestRoot,
+    readonly mountPoint: string,
+    readonly options: { counts?: string; rate?: number; directIo?: boolean; noCache?: boolean } = {},
+  ) {
+    this.source = `${mountPoint}-src`;
+    this.control = `${mountPoint}-control`;
+    mkdirSync(this.source, { recursive: true });
+    mkdirSync(mountPoint, { recursive: true });
+    writeFileSync(this.control, "ok\n");
+    faultFses.add(this);
+  }
+
+  static async start(root: TestRoot, mountPoint: string, options: FaultFs["options"] = {}): Promise<FaultFs> {
+    const fs = new FaultFs(root, mountPoint, options);
+    await fs.mount();
+    return fs;
+  }
+
+  /** Mount (again) at mountPoint; resolves once it answers. */
+  async mount(): Promise<void> {
+    const args = [FAULTFS, this.source, this.mountPoint, "--control", this.control];
+    if (this.options.counts) args.push("--counts", this.options.counts);
+    if (this.options.rate) args.push("--rate", String(this.options.rate));
+    if (this.options.directIo) args.push("--direct-io");
+    if (this.options.noCache) args.push("--no-cache");
+    const child = spawn("/usr/bin/python3", args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    this.processes.push(child);
+    const before = statSync(this.mountPoint).dev;
+    await waitUntil(`faultfs mounted at ${this.mountPoint} (${stderr})`, () => {
+      if (child.exitCode !== null) throw new Error(`faultfs exited ${child.exitCode}: ${stderr}`);
+      return statSync(this.mountPoint).dev !== before;
+    }, 10_000, 50);
+    this.devices.add(majorMinorOf(statSync(this.mountPoint, { bigint: true }).dev));
+  }
+
+  /** Every call from now on hangs, fails with EIO, or is answered. Calls already hanging go on with "ok". */
+  async set(mode: FaultMode): Promise<void> {
+    writeFileSync(this.control, `${mode}\n`);
+    // The file system polls its control file every 20 ms.
+    await new Promise((r) => setTimeout(r, 200));
+  }
+
+  /** Detach it as `umount -l` does: datadir becomes the empty directory beneath; loop devices keep its files. */
+  unmountLazy(): void {
+    execFileSync("umount", ["--lazy", this.mountPoint], { stdio: "pipe" });
+  }
+
+  /** Processes of this file system still running (a lazily unmounted one serves on until its last file is closed). */
+  get running(): number[] {
+    return this.processes.filter((p) => p.exitCode === null && p.signalCode === null).map((p) => p.pid as number);
+  }
+
+  /** Answer every call, unmount what is still mounted, end our processes by pid. */
+  async teardown(): Promise<void> {
+    writeFileSync(this.control, "ok\n");
+    await new Promise((r) => setTimeout(r, 100));
+    for (const row of mountsUnder(this.mountPoint).reverse()) {
+      try {
+        execFileSync("umount", ["--lazy", row.target], { stdio: "pipe" });
+      } catch {
+        // gone with its parent
+      }
+    }
+    for (const p of this.processes) {
+      if (p.exitCode !== null || p.signalCode !== null) continue;
+      const exited = new Promise((r) => p.once("exit", r));
+      p.kill("SIGTERM");
+      const late = setTimeout(() => p.kill("SIGKILL"), 3000);
+      await exited;
+      clearTimeout(late);
+    }
+    faultFses.delete(this);
+  }
+}
+
+/** Loop devices whose backing file is on one of these devices ("major:minor"), whatever path the kernel gives it. */
+export function loopsOnDevices(devices: ReadonlySet<string>): LoopRow[] {
+  if (devices.size === 0) return [];
+  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE,BACK-MAJ:MIN"], { encoding: "utf8" }).trim();
+  if (out === "") return [];
+  const rows = (JSON.parse(out) as { loopdevices: (LoopRow & { "back-maj:min"?: string })[] }).loopdevices;
+  return rows.filter((r) => devices.has((r["back-maj:min"] ?? "").trim()));
 }
 
 export interface MountRow {
@@ -340,6 +452,9 @@ async function stopReaders(): Promise<void> {
  * which it also detaches, so one failing test does not poison the next.
  */
 export async function teardown(root: TestRoot, daemon?: Daemon): Promise<LoopRow[]> {
+  const fuse = [...faultFses].filter((f) => f.root === root);
+  // A hanging file system would hold every reader, unmount and loop release below.
+  for (const f of fuse) writeFileSync(f.control, "ok\n");
   await stopReaders();
   if (daemon) {
     daemon.killAll();
@@ -356,13 +471,19 @@ export async function teardown(root: TestRoot, daemon?: Daemon): Promise<LoopRow
     }
   }
   // Autoclear releases a loop device asynchronously after the last umount.
+  // On a FUSE file system detached meanwhile, the kernel names the backing file from its own root: found by device.
+  const devices = new Set(fuse.flatMap((f) => [...f.devices]));
+  const ours = () => [...loopsBackedUnder(root.root), ...loopsOnDevices(devices)];
   let leaked: LoopRow[] = [];
   try {
-    await waitUntil("loop devices released", () => loopsBackedUnder(root.root).length === 0, 5000);
+    await waitUntil("loop devices released", () => ours().length === 0, 5000);
   } catch {
-    leaked = loopsBackedUnder(root.root);
+    leaked = ours();
     for (const l of leaked) execFileSync("losetup", ["-d", l.name], { stdio: "pipe" });
   }
+  for (const f of fuse) await f.teardown();
+  const stillRunning = fuse.flatMap((f) => f.running);
+  if (stillRunning.length > 0) throw new Error(`FUSE processes of the test still running: ${stillRunning.join(", ")}`);
   rmSync(root.root, { recursive: true, force: true });
   return leaked;
 }

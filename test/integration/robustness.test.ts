@@ -171,11 +171,11 @@ test("two images with one mount name: one error naming both, the first served, t
   });
 });
 
-test("a bad config (missing directory, overlapping directories) exits 2 before touching any mount", async () => {
+test("a bad config (missing cachedir, overlapping directories, a relative path) exits 2 before touching any mount", async () => {
   await withRoot("badconf2", async (root) => {
     makeImage(root, path.join(root.data, "alpha.sqfs"), { "a.txt": "alpha" });
     const cases: [Record<string, string>, RegExp][] = [
-      [{ datadir: path.join(root.root, "nope") }, /^scratch_manager: config: datadir = ".*nope" is not usable \(ENOENT\); expected an absolute path to an existing directory$/],
+      [{ cachedir: path.join(root.root, "nope") }, /^scratch_manager: config: cachedir = ".*nope" is not usable \(ENOENT\); expected an absolute path to an existing directory$/],
       [{ cachedir: path.join(root.data, "cache") }, /cachedir = .* overlaps datadir/],
       [{ mountdir: "relative/dir" }, /mountdir = "relative\/dir" is not valid; expected an absolute path/],
     ];

@@ -336,7 +336,7 @@ mask_closure
 echo "== configuring and starting the service"
 mkdir -p "$root"/{data,cache,mnt,work}
 # capacity as a percentage: the daemon sizes the cache file system
-# (systeminformation, df) under the unit's system call filter.
+# (stat -f, a child process) under the unit's system call filter.
 cat >"$conf" <<CONF
 $marker
 datadir = $root/data

@@ -169,9 +169,15 @@ describe("resolveDirectories: three existing, distinct, non-nested directories, 
     assert.equal(config.cachedir, path.join(root, "data2"));
   });
 
-  test("a directory that does not exist is refused, naming the key, the path and the reason", async () => {
+  test("a cachedir or mountdir that does not exist is refused, naming the key, the path and the reason", async () => {
     const missing = path.join(root, "nope");
-    await assertRejectsUsage(resolveDirectories(dirs({ datadir: missing })), "datadir", JSON.stringify(missing), "ENOENT", "existing directory");
+    await assertRejectsUsage(resolveDirectories(dirs({ cachedir: missing })), "cachedir", JSON.stringify(missing), "ENOENT", "existing directory");
+    await assertRejectsUsage(resolveDirectories(dirs({ mountdir: missing })), "mountdir", JSON.stringify(missing), "ENOENT", "existing directory");
+  });
+
+  test("a datadir that does not exist is taken as written (an automounted server down at boot): the daemon waits for it", async () => {
+    const missing = path.join(root, "nope");
+    assert.equal((await resolveDirectories(dirs({ datadir: missing }))).datadir, missing);
   });
 
   test("a file instead of a directory is refused", async () => {

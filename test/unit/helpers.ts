@@ -40,6 +40,8 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     interval: 5,
     naming: "first-dot",
     commandTimeout: 60,
+    scanTimeout: 30,
+    vanishShare: 0.5,
     pins: [],
     stateDir: "/var/lib/scratch_manager",
     runtimeDir: "/run/scratch_manager",

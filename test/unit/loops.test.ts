@@ -3,7 +3,8 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { majorMinorOf, parseBackingFile, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
+import type { Runner } from "../../src/act/exec.js";
+import { majorMinorOf, parseBackingFile, parseLosetupBacking, readBackingIds, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
 import { tempDir } from "./helpers.js";
 
 describe("parseBackingFile: /sys/block/loopN/loop/backing_file", () => {
@@ -105,5 +106,30 @@ describe("majorMinorOf: a dev_t from stat() as major:minor", () => {
   test("this machine's /dev/loop0 decodes to what /sys/block/loop0/dev says", (t) => {
     if (!existsSync("/dev/loop0") || !existsSync("/sys/block/loop0/dev")) return t.skip("no loop0 here");
     assert.equal(majorMinorOf(statSync("/dev/loop0", { bigint: true }).rdev), readFileSync("/sys/block/loop0/dev", "utf8").trim());
+  });
+});
+
+describe("parseLosetupBacking and readBackingIds: the backing file's device and inode (LOOP_GET_STATUS64)", () => {
+  test("losetup's JSON, padded major:minor trimmed; rows without a backing file skipped", () => {
+    const text = JSON.stringify({
+      loopdevices: [
+        { name: "/dev/loop0", "back-maj:min": "       0:39 ", "back-ino": 2146349 },
+        { name: "/dev/loop1", "back-maj:min": "     254:0  ", "back-ino": 12 },
+        { name: "/dev/loop2", "back-maj:min": null, "back-ino": null },
+      ],
+    });
+    assert.deepEqual([...parseLosetupBacking(text)], [
+      ["loop0", { dev: "0:39", ino: 2146349 }],
+      ["loop1", { dev: "254:0", ino: 12 }],
+    ]);
+  });
+  test("one `losetup --list` with no device argument (a second name would be taken for a file to attach), filtered to the names asked", async () => {
+    const calls: string[][] = [];
+    const run: Runner = (file, args) => {
+      calls.push([file, ...args]);
+      return Promise.resolve({ stdout: JSON.stringify({ loopdevices: [{ name: "/dev/loop0", "back-maj:min": "0:39", "back-ino": 1 }, { name: "/dev/loop5", "back-maj:min": "0:40", "back-ino": 2 }] }), stderr: "", ms: 1 });
+    };
+    assert.deepEqual([...(await readBackingIds(run, ["loop5", "loop9"], 1000)).keys()], ["loop5"]);
+    assert.deepEqual(calls, [["losetup", "--list", "--json", "--output", "NAME,BACK-MAJ:MIN,BACK-INO"]]);
   });
 });

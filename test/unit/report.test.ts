@@ -4,7 +4,7 @@ import { accessSync, constants } from "node:fs";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { statusOutput, cacheFsSpace, resolveRuntimeDir, type MountSpace } from "../../src/commands/status.js";
+import { statusOutput, resolveRuntimeDir } from "../../src/commands/status.js";
 import { CONFIG_KEYS, DEFAULT_RUNTIME_DIR, parseHostPort } from "../../src/config.js";
 import { UsageError } from "../../src/errors.js";
 import { growth, Metrics } from "../../src/report/metrics.js";
@@ -79,6 +79,14 @@ function makeReport(over: Partial<StatusReport> = {}): StatusReport {
   };
 }
 
+/** datadir not answering for 95 s, last believed 100 s ago; cachedir fine. */
+function troubledStorage(): NonNullable<StatusReport["storage"]> {
+  return {
+    datadir: { dir: "datadir", path: "/srv/data", available: false, reason: "NotResponding", message: "not answering for 95 s", since: T0 - 95_000, lastGoodScanAt: T0 - 100_000 },
+    cachedir: { dir: "cachedir", path: "/ssd/cache", available: true, reason: "Available", message: "answering", since: T0 - 3_600_000, lastGoodScanAt: T0 - 1000 },
+  };
+}
+
 function rowOf(text: string, name: string): string {
   const row = text.split("\n").find((line) => line.startsWith(`${name} `));
   assert.ok(row !== undefined, `no row for ${name} in:\n${text}`);
@@ -86,6 +94,19 @@ function rowOf(text: string, name: string): string {
 }
 
 describe("renderStatus: the table of `scratch_manager status`", () => {
+  test("a directory that cannot be believed is said above the table: what, since when, what the daemon does", () => {
+    const text = renderStatus(makeReport({ storage: troubledStorage() }));
+    const first = text.split("\n")[0] ?? "";
+    assert.match(first, /^datadir \/srv\/data: UNAVAILABLE since \d\d:\d\d:\d\d \(95 s\): not answering for 95 s \[NotResponding\]; last read at \d\d:\d\d:\d\d; serving what is mounted and cached/);
+    assert.ok(!text.includes("cachedir /ssd/cache: UNAVAILABLE"), "cachedir answers: not mentioned");
+    assert.match(text, /\n\nNAME /, "then the table");
+  });
+  test("both directories available: nothing above the table", () => {
+    const storage = troubledStorage();
+    storage.datadir = { ...storage.datadir, available: true, reason: "Available", message: "answering" };
+    assert.ok(renderStatus(makeReport({ storage })).startsWith("NAME "));
+  });
+
   const text = renderStatus(makeReport());
 
   test("a header, then one row per dataset in name order, then the refused images", () => {
@@ -259,37 +280,22 @@ describe("status command", () => {
   before(async () => ({ dir, cleanup } = await tempDir("sm-status-")));
   after(() => cleanup());
 
-  const mounts: MountSpace[] = [
-    { mount: "/", size: 100 * GiB, available: 10 * GiB },
-    { mount: "/ssd", size: 4 * TiB, available: 3 * TiB },
-    { mount: "/ssd/cache2", size: GiB, available: GiB },
-  ];
-
-  const fsCases: { dir: string; mount: string | undefined; list?: MountSpace[] }[] = [
-    { dir: "/ssd/cache", mount: "/ssd" },
-    { dir: "/ssd", mount: "/ssd" },
-    { dir: "/ssdx/cache", mount: "/" },
-    { dir: "/ssd/cache", mount: undefined, list: [] },
-  ];
-  for (const c of fsCases) {
-    test(`cacheFsSpace: ${c.dir} is on ${c.mount ?? "no listed mount"}`, () => {
-      assert.equal(cacheFsSpace(c.dir, c.list ?? mounts)?.mount, c.mount);
-    });
-  }
-
   test("--json: the report plus the cache file system measured now", async () => {
     const runtime = path.join(dir, "json");
     await writeStatusFile(runtime, makeReport());
-    const out = await statusOutput({ json: true, runtimeDir: runtime }, { fsSize: () => Promise.resolve(mounts), now: T0 + 2000 });
+    const measured: string[] = [];
+    const measure = (d: string) => (measured.push(d), Promise.resolve({ totalBytes: 4 * TiB, freeBytes: 3 * TiB }));
+    const out = await statusOutput({ json: true, runtimeDir: runtime }, { measure, now: T0 + 2000 });
     const parsed = JSON.parse(out) as StatusReport & { fs: unknown };
-    assert.deepEqual(parsed.fs, { mount: "/ssd", totalBytes: 4 * TiB, freeBytes: 3 * TiB });
+    assert.deepEqual(parsed.fs, { totalBytes: 4 * TiB, freeBytes: 3 * TiB });
+    assert.deepEqual(measured, [makeReport().cache.dir], "only the cache directory's file system is measured");
     assert.deepEqual({ ...parsed, fs: undefined }, { ...makeReport(), fs: undefined });
   });
 
-  test("the table; when the mount list fails, the daemon's own figure", async () => {
+  test("the table; when the cache file system cannot be measured (a hung disk), the daemon's own figure", async () => {
     const runtime = path.join(dir, "table");
     await writeStatusFile(runtime, makeReport());
-    const out = await statusOutput({ runtimeDir: runtime }, { fsSize: () => Promise.reject(new Error("df failed")), now: T0 + 2000 });
+    const out = await statusOutput({ runtimeDir: runtime }, { measure: () => Promise.reject(new Error("stat -f timed out")), now: T0 + 2000 });
     assert.ok(out.startsWith("NAME "), out);
     assert.ok(out.includes("1.20 TiB free of 1.75 TiB"), out);
   });
@@ -528,6 +534,18 @@ describe("Metrics: the report in the Prometheus text format", () => {
     }
   });
 
+  test("datadir_up, cachedir_up, the last good scans and the reason of each directory's condition", async () => {
+    const metrics = new Metrics();
+    metrics.update(makeReport({ storage: troubledStorage() }));
+    const s = await samplesOf(metrics);
+    assert.equal(valueOf(s, `${P}datadir_up`, {}), 0);
+    assert.equal(valueOf(s, `${P}cachedir_up`, {}), 1);
+    assert.equal(valueOf(s, `${P}datadir_last_scan_timestamp_seconds`, {}), (T0 - 100_000) / 1000);
+    assert.equal(valueOf(s, `${P}directory_condition`, { dir: "datadir", reason: "NotResponding" }), 1);
+    assert.equal(valueOf(s, `${P}directory_condition`, { dir: "datadir", reason: "Available" }), 0);
+    assert.equal(valueOf(s, `${P}directory_condition`, { dir: "cachedir", reason: "Available" }), 1);
+  });
+
   // promtool is not in the base image; see .ci/setup. Found through $PROMTOOL or the PATH.
   const promtool = findPromtool();
   test("promtool check metrics accepts the text", { skip: promtool === undefined && "promtool not found (set PROMTOOL or put it on the PATH)" }, async () => {
@@ -535,7 +553,7 @@ describe("Metrics: the report in the Prometheus text format", () => {
     // (nodejs_active_handles_total), which promtool's lint rejects.
     const metrics = new Metrics();
     metrics.update(makeReport());
-    metrics.update(makeReport({ tick: { count: 101, ms: 3 } }));
+    metrics.update(makeReport({ tick: { count: 101, ms: 3 }, storage: troubledStorage() }));
     const out = execFileSync(promtool as string, ["check", "metrics"], { input: await metrics.text(), encoding: "utf8", timeout: 30_000 });
     assert.equal(out.trim(), "");
   });

@@ -1,0 +1,108 @@
+import type { ScanView } from "../plan/availability.js";
+import { ScanError } from "./scan.js";
+
+/** Thrown by DirWatch.exclusive when its caller gave up while waiting for its turn. */
+export class AbortedError extends Error {
+  override name = "AbortedError";
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(new AbortedError("cancelled"));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new AbortedError("cancelled"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
+
+/**
+ * The only way to the file system behind one directory (datadir on a file
+ * server, cachedir on the local SSD): one operation at a time, in order, so
+ * that a hung server holds at most one child process and never the
+ * daemon's own threads. Scans are never queued behind a scan: while one is
+ * outstanding, a tick sees it "waiting" (ScanView), however long that lasts.
+ */
+export class DirWatch<T> {
+  /** The end of the queue: settles when the last operation queued has. */
+  private tail: Promise<unknown> = Promise.resolve();
+  private scan?: { since: number; done: Promise<void> };
+  /** The outcome of a scan that finished after its tick stopped waiting for it; the next tick takes it. */
+  private unread?: ScanView<T>;
+
+  constructor(
+    readonly dir: string,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /** Run `op` once every operation queued before it has settled. A caller that aborts stops waiting (the operation, if started, runs on). */
+  exclusive<R>(op: () => Promise<R>, signal?: AbortSignal): Promise<R> {
+    const turn = this.tail.then(
+      () => undefined,
+      () => undefined,
+    );
+    const result = turn.then(() => {
+      if (signal?.aborted) throw new AbortedError("cancelled");
+      return op();
+    });
+    this.tail = result.catch(() => undefined);
+    return abortable(result, signal);
+  }
+
+  /** An operation (a scan) is running or queued. */
+  get busySince(): number | undefined {
+    return this.scan?.since;
+  }
+
+  /**
+   * This tick's view of the directory: start a scan unless one is
+   * outstanding, and wait for it at most `waitMs` (or until `signal`).
+   * A scan that ends later is kept for the next tick, which sees it fresh.
+   */
+  async poll(job: (signal?: AbortSignal) => Promise<T>, waitMs: number, signal?: AbortSignal): Promise<ScanView<T>> {
+    if (!this.scan && !this.unread) {
+      const since = this.clock();
+      // The job runs on when this tick stops waiting, but not past the daemon's end (`signal`).
+      const done = this.exclusive(() => job(signal)).then(
+        (result): ScanView<T> => ({ kind: "fresh", result, at: this.clock() }),
+        (err: unknown): ScanView<T> => {
+          const e = err instanceof ScanError ? err : new ScanError("EIO", err instanceof Error ? err.message : String(err));
+          return { kind: "failed", code: e.code, message: e.message, timedOut: e.timedOut, at: this.clock() };
+        },
+      );
+      this.scan = {
+        since,
+        done: done.then((view) => {
+          this.unread = view;
+          this.scan = undefined;
+        }),
+      };
+    }
+    if (this.scan) {
+      let stopWaiting = () => {};
+      const timeout = new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, waitMs);
+        stopWaiting = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        signal?.addEventListener("abort", stopWaiting, { once: true });
+      });
+      await Promise.race([this.scan.done, timeout]);
+      signal?.removeEventListener("abort", stopWaiting);
+      stopWaiting();
+    }
+    const view = this.unread;
+    this.unread = undefined;
+    return view ?? { kind: "waiting", since: this.scan?.since ?? this.clock() };
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * Issue 10: the shared storage in trouble (a hang, I/O errors, a vanished
+ * file system) loses nothing. datadir is a real FUSE file system
+ * (test/fixtures/faultfs.py) told to hang, to fail with EIO, or unmounted;
+ * real images, real loop mounts, the real daemon.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import type { StatusReport } from "../../src/report/status.js";
+import { CLI, Daemon, FaultFs, makeImage, mountsUnder, readHard, stackAt, deviceReadBytes, waitUntil, withRoot, type MountRow, type TestRoot } from "./harness.js";
+
+const MB = 1024 * 1024;
+const NAMES = ["alpha", "beta", "gamma", "delta"];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The trouble must be seen quickly in a test: the scan deadline and the copy stall cut are short. */
+const SETTINGS = { scan_timeout: 2, command_timeout: 3, pin: "alpha", capacity: "64MB" };
+
+function statusJson(root: TestRoot): StatusReport {
+  const r = spawnSync(process.execPath, [CLI, "status", "--json", "--runtime-dir", path.join(root.root, "run")], { encoding: "utf8", timeout: 10_000 });
+  assert.equal(r.status, 0, `status --json: ${r.stderr}`);
+  return JSON.parse(r.stdout) as StatusReport;
+}
+
+function statusText(root: TestRoot): string {
+  const r = spawnSync(process.execPath, [CLI, "status", "--runtime-dir", path.join(root.root, "run")], { encoding: "utf8", timeout: 10_000 });
+  assert.equal(r.status, 0, `status: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Four datasets on a FUSE datadir, alpha cached (pinned), the others slow. */
+async function setUp(root: TestRoot, track: (d: Daemon) => Daemon, extra: Record<string, string | number> = {}): Promise<{ fs: FaultFs; d: Daemon }> {
+  const fs = await FaultFs.start(root, root.data);
+  for (const name of NAMES) makeImage(root, path.join(fs.source, `${name}.sqfs`), { "data.bin": 2 * MB, "id.txt": name });
+  const d = track(Daemon.start(root, { ...SETTINGS, ...extra }));
+  await waitUntil("alpha cached, the others mounted", () => stackAt(path.join(root.mnt, "alpha")).length === 2 && NAMES.every((n) => stackAt(path.join(root.mnt, n)).length >= 1), 30_000);
+  return { fs, d };
+}
+
+/** Mount IDs under mountdir: unchanged means nothing was unmounted or mounted again. */
+const mountIds = (root: TestRoot) => mountsUnder(root.mnt).map((m) => `${m.target}#${m.id}`).sort();
+
+/**
+ * What must hold while datadir is in trouble: the daemon alive and ticking
+ * (its status file rewritten), every mount and the cached file in place,
+ * and the cached dataset served from the cache's loop device.
+ */
+async function assertServing(root: TestRoot, d: Daemon, mountsBefore: string[]): Promise<void> {
+  const first = statusJson(root).writtenAt;
+  await waitUntil("status file rewritten during the trouble", () => statusJson(root).writtenAt > first + 500, 10_000, 200);
+  assert.equal(d.child.exitCode, null, "the daemon is alive");
+  assert.deepEqual(mountIds(root), mountsBefore, "every mount in place, none redone");
+  assert.ok(existsSync(path.join(root.cache, "alpha.sqfs")), "the cached copy is still there");
+  const top = stackAt(path.join(root.mnt, "alpha")).at(-1) as MountRow;
+  const before = deviceReadBytes(top.source);
+  const read = readHard(path.join(root.mnt, "alpha"));
+  assert.ok(deviceReadBytes(top.source) - before >= 2 * MB, `alpha read from the cache's loop device (${read} bytes read)`);
+}
+
+/** After the trouble: the info line, nothing copied again, and a real deletion honoured within a few ticks. */
+async function assertRecovered(root: TestRoot, fs: FaultFs, d: Daemon, copiesBefore: number, cause: string): Promise<void> {
+  const back = await d.waitForLog("datadir available again", (l) => l.msg === "datadir available again", 20_000);
+  assert.equal(back.was, cause);
+  assert.ok(typeof back.outageMs === "number" && back.outageMs > 0, `outage duration logged (${String(back.outageMs)})`);
+  await waitUntil("status says datadir is available", () => statusJson(root).storage?.datadir.available === true, 10_000, 200);
+  rmSync(path.join(fs.source, "beta.sqfs"));
+  await waitUntil("beta unmounted after its image was deleted", () => stackAt(path.join(root.mnt, "beta")).length === 0, 15_000);
+  assert.equal(statusJson(root).copies.started, copiesBefore, "nothing copied again");
+  assert.equal(stackAt(path.join(root.mnt, "alpha")).length, 2, "alpha still cached");
+  assert.equal(readFileSync(path.join(root.mnt, "gamma", "id.txt"), "utf8"), "gamma", "the slow datasets read again");
+}
+
+test("datadir hangs (a hard NFS mount, server down): the loop ticks on, nothing lost, one warning; back: nothing re-copied, a deletion honoured", async () => {
+  await withRoot("hang", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    const mounts = mountIds(root);
+    const copies = statusJson(root).copies.started;
+    await fs.set("hang");
+    const warned = await d.waitForLog("datadir unavailable", (l) => l.level === "warn" && l.msg.startsWith("datadir unavailable"), 15_000);
+    assert.equal(warned.reason, "NotResponding");
+    assert.match(String(warned.cause), /not answering for \d+ s|did not finish/);
+    assert.equal(warned.path, root.data);
+    await assertServing(root, d, mounts);
+    const status = statusJson(root);
+    assert.equal(status.storage?.datadir.available, false);
+    assert.equal(status.storage?.datadir.reason, "NotResponding");
+    assert.match(statusText(root), /^datadir .* UNAVAILABLE since .*: not answering/m);
+    await sleep(3000);
+    assert.equal(d.logs.filter((l) => l.msg.startsWith("datadir unavailable")).length, 1, "said once, not every tick");
+    assert.equal(d.logs.filter((l) => l.msg === "tick failed").length, 0, "no tick failed");
+    await fs.set("ok");
+    await assertRecovered(root, fs, d, copies, "NotResponding");
+  });
+});
+
+test("datadir fails with EIO (a soft mount timing out): said once with the errno; nothing lost; back cleanly", async () => {
+  await withRoot("eio", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    const mounts = mountIds(root);
+    const copies = statusJson(root).copies.started;
+    await fs.set("eio");
+    const warned = await d.waitForLog("datadir unavailable", (l) => l.level === "warn" && l.msg.startsWith("datadir unavailable"), 10_000);
+    assert.equal(warned.reason, "IOError");
+    assert.match(String(warned.cause), /^EIO: /);
+    await assertServing(root, d, mounts);
+    await sleep(2000);
+    assert.equal(d.logs.filter((l) => l.msg.startsWith("datadir unavailable")).length, 1, "said once");
+    assert.equal(d.logs.filter((l) => l.msg === "tick failed").length, 0, "no 'tick failed' every tick");
+    assert.equal(d.logs.filter((l) => l.msg === "unmounted" || l.msg === "deleted cache file" || l.msg === "image refused").length, 0, "nothing unmounted, deleted or refused");
+    await fs.set("ok");
+    await assertRecovered(root, fs, d, copies, "IOError");
+  });
+});
+
+test("datadir vanishes (unmounted: an empty directory beneath): FilesystemChanged, nothing lost; mounted again: its old mounts are still the daemon's own, across a restart too", async () => {
+  await withRoot("vanish", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    const mounts = mountIds(root);
+    const copies = statusJson(root).copies.started;
+    fs.unmountLazy();
+    const warned = await d.waitForLog("datadir unavailable", (l) => l.level === "warn" && l.msg.startsWith("datadir unavailable"), 10_000);
+    assert.equal(warned.reason, "FilesystemChanged");
+    await assertServing(root, d, mounts);
+    assert.equal(d.logs.filter((l) => l.msg === "deleted cache file" || l.msg === "unmounted").length, 0, "nothing deleted or unmounted");
+    // Mounted again: a new FUSE mount, another device; the loop devices still hold the old one's files ("/alpha.sqfs").
+    await fs.mount();
+    await assertRecovered(root, fs, d, copies, "FilesystemChanged");
+    assert.equal(d.logs.filter((l) => l.level === "warn" && String(l.msg).includes("not ours")).length, 0, "no mount taken for someone else's");
+    assert.deepEqual(
+      mountIds(root),
+      mounts.filter((m) => !m.startsWith(`${path.join(root.mnt, "beta")}#`)),
+      "every other mount kept as it was",
+    );
+    // A restart knows the old device too (state_dir/datadir.json): gamma's old mount is adopted, then its deletion honoured.
+    await d.stop();
+    const again = track(Daemon.start(root, SETTINGS));
+    await again.waitForLog("a few ticks", () => again.logs.filter((l) => l.msg === "tick").length >= 5);
+    assert.deepEqual(
+      mountIds(root),
+      mounts.filter((m) => !m.startsWith(`${path.join(root.mnt, "beta")}#`)),
+      "the restart kept every mount",
+    );
+    rmSync(path.join(fs.source, "gamma.sqfs"));
+    await waitUntil("gamma unmounted", () => stackAt(path.join(root.mnt, "gamma")).length === 0, 15_000);
+    assert.equal(statusJson(root).copies.started, 0, "the restarted daemon copied nothing");
+  });
+});
+
+test("SIGTERM while datadir hangs: the daemon exits at once, mounts in place; started while it hangs, it adopts what is mounted", async () => {
+  await withRoot("hangstop", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    const mounts = mountIds(root);
+    await fs.set("hang");
+    await d.waitForLog("datadir unavailable", (l) => l.msg.startsWith("datadir unavailable"), 15_000);
+    const asked = Date.now();
+    d.signal("SIGTERM");
+    const { code } = await d.exit(20_000);
+    const took = Date.now() - asked;
+    assert.equal(code, 0, "a clean exit");
+    assert.ok(took < 10_000, `stopped in ${took} ms, well within the unit's TimeoutStopSec (30 s)`);
+    assert.deepEqual(mountIds(root), mounts, "every mount left in place");
+
+    const notify = path.join(root.root, "notify.log");
+    const again = track(
+      Daemon.start(root, SETTINGS, { bin: { "systemd-notify": `echo "$*" >> ${notify}` }, env: { NOTIFY_SOCKET: "/run/systemd/notify-test" } }),
+    );
+    await waitUntil("READY=1 while datadir hangs", () => existsSync(notify) && readFileSync(notify, "utf8").includes("READY=1"), 15_000);
+    await again.waitForLog("datadir unavailable at start", (l) => l.msg.startsWith("datadir unavailable"), 15_000);
+    await waitUntil("STATUS= says so", () => /STATUS=datadir unavailable \(not answering/.test(readFileSync(notify, "utf8")), 10_000);
+    const status = statusJson(root);
+    assert.deepEqual(status.datasets.map((s) => [s.name, s.state]).sort(), [["alpha", "cached"], ["beta", "slow"], ["delta", "slow"], ["gamma", "slow"]], "the mounted datasets are adopted and shown");
+    assert.deepEqual(mountIds(root), mounts, "nothing redone");
+    await fs.set("ok");
+    await again.waitForLog("back", (l) => l.msg === "datadir available again", 20_000);
+    await again.waitForLog("a few ticks", () => again.logs.filter((l) => l.msg === "tick").length >= 10);
+    assert.deepEqual(mountIds(root), mounts, "nothing redone once it is back");
+    assert.equal(again.logs.filter((l) => l.msg === "copy started").length, 0, "nothing copied again");
+  });
+});
+
+test("as after a reboot with the file server not mounted yet: datadir is the empty directory beneath, the cached copy is kept, and used once it is back", async () => {
+  await withRoot("boot", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    await d.stop();
+    // The "reboot": every mount gone, the file server not mounted; the cache (local SSD) kept.
+    for (const m of mountsUnder(root.mnt).reverse()) spawnSync("umount", [m.target]);
+    await waitUntil("no mount left", () => mountsUnder(root.mnt).length === 0);
+    spawnSync("umount", [root.data]);
+    const again = track(Daemon.start(root, SETTINGS));
+    const warned = await again.waitForLog("datadir unavailable", (l) => l.msg.startsWith("datadir unavailable"), 10_000);
+    assert.equal(warned.reason, "FilesystemChanged");
+    assert.match(String(warned.cause), /no longer a mount point/);
+    await again.waitForLog("a few ticks", () => again.logs.filter((l) => l.msg === "tick").length >= 5);
+    assert.ok(existsSync(path.join(root.cache, "alpha.sqfs")), "the cached copy was not taken for one that belongs to no image");
+    await fs.mount();
+    await waitUntil("alpha served from its kept copy", () => stackAt(path.join(root.mnt, "alpha")).length === 2, 15_000);
+    assert.equal(again.logs.filter((l) => l.msg === "copy started").length, 0, "not copied again");
+  });
+});
+
+test("a datadir that does not exist at start (an automounted server down at boot): the daemon starts, says so, and serves it once it appears", async () => {
+  await withRoot("missing", async (root, track) => {
+    const datadir = path.join(root.root, "not-yet");
+    const d = track(Daemon.start(root, { ...SETTINGS, datadir }));
+    const warned = await d.waitForLog("datadir missing", (l) => l.msg.startsWith("datadir unavailable"), 10_000);
+    assert.equal(warned.reason, "Missing");
+    assert.equal(d.child.exitCode, null, "not a configuration error (exit 2)");
+    assert.equal(statusJson(root).storage?.datadir.reason, "Missing");
+    mkdirSync(datadir);
+    makeImage(root, path.join(datadir, "alpha.sqfs"), { "id.txt": "alpha" });
+    await waitUntil("alpha mounted once datadir appeared", () => stackAt(path.join(root.mnt, "alpha")).length >= 1, 15_000);
+    assert.equal(readFileSync(path.join(root.mnt, "alpha", "id.txt"), "utf8"), "alpha");
+  });
+});
+
+test("most images vanishing at once is held back until confirmed by a reload; a single deletion is not", async () => {
+  await withRoot("massvanish", async (root, track) => {
+    const { fs, d } = await setUp(root, track);
+    const mounts = mountIds(root);
+    rmSync(path.join(fs.source, "delta.sqfs"));
+    await waitUntil("one deletion honoured", () => stackAt(path.join(root.mnt, "delta")).length === 0, 15_000);
+    const away = path.join(root.root, "away");
+    mkdirSync(away);
+    for (const n of ["alpha", "beta", "gamma"]) renameSync(path.join(fs.source, `${n}.sqfs`), path.join(away, `${n}.sqfs`));
+    const warned = await d.waitForLog("held back", (l) => l.msg.startsWith("datadir unavailable"), 10_000);
+    assert.equal(warned.reason, "MassDisappearance");
+    assert.match(String(warned.cause), /3 of 3 known images \(alpha.sqfs, beta.sqfs, gamma.sqfs\)/);
+    await sleep(2000);
+    assert.deepEqual(mountIds(root), mounts.filter((m) => !m.startsWith(`${path.join(root.mnt, "delta")}#`)), "nothing unmounted while held back");
+    assert.ok(existsSync(path.join(root.cache, "alpha.sqfs")), "the cached copy kept");
+    d.signal("SIGHUP");
+    await waitUntil("all three unmounted once confirmed", () => ["alpha", "beta", "gamma"].every((n) => stackAt(path.join(root.mnt, n)).length === 0), 15_000);
+    await waitUntil("alpha's copy deleted", () => !existsSync(path.join(root.cache, "alpha.sqfs")), 10_000);
+  });
+});
+
+test("cachedir fails with EIO: reported the same way; the daemon deletes nothing it cannot see", async () => {
+  await withRoot("cacheeio", async (root, track) => {
+    const cachedir = path.join(root.root, "ssd");
+    const cacheFs = await FaultFs.start(root, cachedir);
+    for (const name of NAMES) makeImage(root, path.join(root.data, `${name}.sqfs`), { "data.bin": 2 * MB, "id.txt": name });
+    const d = track(Daemon.start(root, { ...SETTINGS, cachedir }));
+    await waitUntil("alpha cached on the FUSE cachedir", () => stackAt(path.join(root.mnt, "alpha")).length === 2, 30_000);
+    const mounts = mountIds(root);
+    await cacheFs.set("eio");
+    const warned = await d.waitForLog("cachedir unavailable", (l) => l.msg.startsWith("cachedir unavailable"), 10_000);
+    assert.equal(warned.reason, "IOError");
+    await sleep(2000);
+    assert.equal(statusJson(root).storage?.cachedir.available, false);
+    assert.deepEqual(mountIds(root), mounts, "nothing unmounted");
+    assert.equal(d.logs.filter((l) => l.msg === "deleted cache file" || l.msg === "unmounted").length, 0, "nothing deleted");
+    await cacheFs.set("ok");
+    await d.waitForLog("cachedir back", (l) => l.msg === "cachedir available again", 10_000);
+    assert.ok(existsSync(path.join(cacheFs.source, "alpha.sqfs")), "the cached copy is still there");
+    assert.equal(stackAt(path.join(root.mnt, "alpha")).length, 2);
+  });
+});
