@@ -39,6 +39,8 @@ export function buildProgram(): Command {
   program
     .command("status")
     .description("show every dataset, its state and throughput, and the cache's use (any user)")
+    .argument("[names...]", "show only these datasets: names or globs (coco, 'imagenet-*')")
+    .option("--state <states>", "show only datasets in these states: cached, copying, queued, slow, refused (comma-separated; repeatable)", (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option("--json", "print the report as JSON, for scripts")
     .option("-c, --config <file>", "configuration file, for runtime_dir")
     .option("--runtime-dir <dir>", "where the daemon writes status.json (default: runtime_dir of the config)")

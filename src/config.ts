@@ -3,10 +3,22 @@ import path from "node:path";
 import ini from "ini";
 import { errnoCode, UsageError } from "./errors.js";
 import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
-import { NAMINGS, validName, type Naming } from "./plan/naming.js";
-import { POLICIES, type PolicyName } from "./plan/policy.js";
+import { validName } from "./names.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
+
+/** How an image's file name becomes its mount name (plan/naming.ts). */
+export const NAMINGS = ["first-dot", "strip-extension"] as const;
+export type Naming = (typeof NAMINGS)[number];
+
+/**
+ * How datasets are chosen. `adaptive`: planValue over the fast window, then
+ * fillSlack (BENCHMARKS.md, section 5). `original`: the Python daemon's rule,
+ * the knapsack over the period's rate, +1 MiB/s if cached, so that a site
+ * can keep its old behaviour, or compare the two on its own workload.
+ */
+export const POLICIES = ["adaptive", "original"] as const;
+export type PolicyName = (typeof POLICIES)[number];
 
 export type Capacity = { kind: "bytes"; bytes: number } | { kind: "percent"; percent: number };
 
@@ -29,6 +41,8 @@ export interface Config {
   scanTimeout: number;
   /** More than this share (0..1) of the known images vanishing in one scan is held back; undefined: never. */
   vanishShare?: number;
+  /** Seconds between two full listings of an unchanged datadir (the safety net of observe/snapshot.ts: unchanged). */
+  rescanInterval: number;
   /** Datasets always cached (if they fit) and never evicted. */
   pins: string[];
   /** Where run-time pins are kept (scratch_manager pin). */
@@ -65,6 +79,7 @@ export const CONFIG_KEYS = [
   "command_timeout",
   "scan_timeout",
   "vanish_threshold",
+  "rescan_interval",
   "pin",
   "state_dir",
   "runtime_dir",
@@ -91,6 +106,7 @@ const DEFAULTS: RawConfig = {
   command_timeout: "60",
   scan_timeout: "30",
   vanish_threshold: "50%",
+  rescan_interval: "1800",
   pin: "",
   state_dir: DEFAULT_STATE_DIR,
   runtime_dir: DEFAULT_RUNTIME_DIR,
@@ -180,6 +196,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
     scanTimeout: positiveDuration("scan_timeout", merged.scan_timeout as string),
     vanishShare: parseVanishThreshold(merged.vanish_threshold as string),
+    rescanInterval: positiveDuration("rescan_interval", merged.rescan_interval as string),
     pins: parsePins(merged.pin as string),
     stateDir: absolutePath("state_dir", merged.state_dir as string),
     runtimeDir: absolutePath("runtime_dir", merged.runtime_dir as string),

@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { act } from "./act/apply.js";
 import { run as realRun, type Runner } from "./act/exec.js";
+import { AttachJournal, releaseUnfinished } from "./act/mounts.js";
 import { TransferPool, type CopyOutcome } from "./act/transfers.js";
 import type { Config } from "./config.js";
 import { errorMessage } from "./errors.js";
@@ -15,8 +16,9 @@ import { applyHolds, type DirCondition, type Holds } from "./plan/availability.j
 import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages, provisionalImages, relocateDetached, tierOf } from "./plan/layers.js";
-import { readLoopAt } from "./observe/loops.js";
-import { admitCopies, budget, copyPriority, fitPins, occupiedBytes, plan, writableBytes } from "./plan/policy.js";
+import { readLoopAt, readLoopDevices } from "./observe/loops.js";
+import { decide } from "./plan/decide.js";
+import { budget, occupiedBytes, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 import { Notifier } from "./act/notify.js";
 import type { Layer } from "./plan/layers.js";
@@ -67,6 +69,7 @@ export class Daemon {
   /** Ends with the daemon: stops waiting for scans, and the scans themselves. */
   private readonly lifetime = new AbortController();
   private bootId?: string;
+  private readonly journal: AttachJournal;
   private readonly backoff = new Map<string, { failures: number; until: number }>();
   /** Mount points made by this process, so that one left empty can be removed (see DiffInput.ownedDirs). */
   private readonly ownedDirs = new Set<string>();
@@ -87,6 +90,7 @@ export class Daemon {
     this.roots = options.roots ?? { proc: "/proc", sys: "/sys" };
     this.observer = new Observer(this.config, this.run, this.roots, this.clock);
     this.storage = new Storage(this.config, this.clock());
+    this.journal = new AttachJournal(this.config.runtimeDir);
     this.stats = new Stats(this.config.period * 1000);
     this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET);
     this.transfers = new TransferPool({
@@ -108,6 +112,12 @@ export class Daemon {
    * after datadir was remounted, even across a restart.
    */
   async init(): Promise<void> {
+    try {
+      const released = await releaseUnfinished(this.run, this.journal, await readLoopDevices(this.roots.sys), this.roots.sys, this.config.commandTimeout * 1000);
+      if (released.length > 0) this.logger.warn({ devices: released }, "released loop devices a killed daemon had attached but not yet handed to the kernel");
+    } catch (err) {
+      this.logger.warn({ err: errorMessage(err) }, "cannot release the loop devices of an interrupted attach");
+    }
     try {
       this.bootId = await readBootId(this.roots.proc);
       this.storage = new Storage(this.config, this.clock(), await readDatadirMemory(this.config.stateDir, this.bootId));
@@ -157,34 +167,31 @@ export class Daemon {
     // 4. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(now);
 
-    // 5. The budget: capacity, less copies held open, within keep_free.
+    // 5. Decide (plan/decide.ts): the pins that fit, then the policy, within the budget
+    //    (capacity, less copies held open, within keep_free); copies admitted into free space.
     const { capacity, keepFree, ghosts, bytes: budgetBytes } = budget(snapshot, config);
-
-    // 6. Choose what to cache: the pins that fit, then the knapsack.
-    const rate = (name: string) => this.stats.rate(name);
-    const idle = (name: string) => {
-      const last = this.stats.get(name)?.lastReadAt;
-      return config.maxIdle > 0 && last !== undefined && now - last > config.maxIdle * 1000;
-    };
-    const datasets = [...catalog.datasets.values()];
-    const pinned = new Set(pins.keys());
-    const fastRate = (name: string) => this.stats.fastRate(name);
-    const policy = config.policy;
-    const rates = { rate, fastRate, policy };
-    const cached = plan({ ...rates, datasets, budgetBytes, pinned, idle, copying: new Set(this.transfers.all.keys()) });
-    const pinProblems = this.pinProblems(catalog, pinned, budgetBytes);
-    const admitted = admitCopies({
-      candidates: datasets
-        .filter((d) => cached.has(d.name) && d.cache !== "valid" && !this.transfers.all.has(d.name))
-        .map((d) => ({ d, pinned: Number(pinned.has(d.name)), priority: copyPriority(rates, d) }))
-        .sort((a, b) => b.pinned - a.pinned || b.priority - a.priority)
-        .map(({ d }) => d),
-      occupiedBytes: ghosts + occupiedBytes(snapshot, this.transfers.all),
-      capacityBytes: Math.min(capacity, budgetBytes + ghosts),
-      writableBytes: writableBytes(snapshot, this.transfers.all) - keepFree,
+    const { cached, admitted, pinProblems } = decide({
+      datasets: [...catalog.datasets.values()],
+      pending: catalog.pending,
+      pinned: new Set(pins.keys()),
+      policy: config.policy,
+      rate: (name) => this.stats.rate(name),
+      fastRate: (name) => this.stats.fastRate(name),
+      idle: (name) => {
+        const last = this.stats.get(name)?.lastReadAt;
+        return config.maxIdle > 0 && last !== undefined && now - last > config.maxIdle * 1000;
+      },
+      copying: new Set(this.transfers.all.keys()),
+      space: {
+        capacity,
+        budget: budgetBytes,
+        ghosts,
+        occupied: occupiedBytes(snapshot, this.transfers.all),
+        writable: writableBytes(snapshot, this.transfers.all) - keepFree,
+      },
     });
 
-    // 7. The difference between what is and what should be.
+    // 6. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
     const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted, ownedDirs: this.ownedDirs });
     // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
@@ -196,19 +203,26 @@ export class Daemon {
       ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
     ]);
 
-    // 8. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
-    const failures = await act(actions, {
+    // 7. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
+    const attaching = actions.flatMap((a) => (a.kind === "mount" ? [a.source] : []));
+    await this.attempt("attach journal", () => this.journal.begin(attaching));
+    const outcome = await act(actions, {
       run: this.run,
       transfers: this.transfers,
       logger: this.logger,
       procRoot: this.roots.proc,
       commandTimeoutMs: config.commandTimeout * 1000,
       onMounted: (target) => this.noteAttached(target),
+      deadline: started + config.interval * 1000,
     });
-    const failed = new Set(failures.map((f) => f.action));
-    this.updateBackoff(actions, failed, now);
-    for (const a of actions) {
-      if (failed.has(a)) continue;
+    if (attaching.length > 0) await this.attempt("attach journal", () => this.journal.end());
+    // Files deleted from cachedir this tick: a scan of it started before (one slower than its tick) is out of date.
+    if (outcome.done.size > 0) this.observer.cachedir.invalidate();
+    const failed = new Set(outcome.failures.map((f) => f.action));
+    this.updateBackoff(outcome.done, failed, now);
+    // Slow mounts still to do (deferred past this tick's deadline, or failed): the progress of a first start.
+    const unmounted = actions.filter((a) => a.kind === "mount" && a.tier === "slow" && !outcome.done.has(a)).length;
+    for (const a of outcome.done) {
       if (a.kind === "mkdir") this.ownedDirs.add(a.path);
       if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
     }
@@ -219,9 +233,10 @@ export class Daemon {
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
     const ms = Math.round(performance.now() - started);
 
-    // 9. Tell: the log, the status file, metrics, systemd.
+    // 8. Tell: the log, the status file, metrics, systemd.
     const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
     report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
+    if (unmounted > 0) report.mounting = { mounted: catalog.datasets.size - unmounted, total: catalog.datasets.size };
     const counts = countStates(report);
     this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
     await this.publish(report, counts);
@@ -360,7 +375,8 @@ export class Daemon {
       .filter((c) => !c.available && c.reason !== "Starting")
       .map((c) => `${c.dir} unavailable (${c.message}), holding: `)
       .join("");
-    const summary = `${trouble}${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
+    const mounting = report.mounting ? `mounting ${report.mounting.mounted} of ${report.mounting.total}, ` : "";
+    const summary = `${trouble}${mounting}${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
     await Promise.all([
       this.attempt("status file", () => writeStatusFile(config.runtimeDir, report)),
       this.attempt("metrics file", async () => {
@@ -424,21 +440,6 @@ export class Daemon {
     return pins;
   }
 
-  private pinProblems(catalog: Catalog, pinned: ReadonlySet<string>, budgetBytes: number): string[] {
-    const out: string[] = [];
-    for (const name of pinned) {
-      if (!catalog.datasets.has(name) && !catalog.pending.has(name)) out.push(`pinned dataset ${JSON.stringify(name)} does not exist`);
-    }
-    const { fit, overflow } = fitPins([...catalog.datasets.values()], pinned, budgetBytes);
-    if (overflow.length > 0) {
-      const need = [...fit, ...overflow].reduce((s, d) => s + d.size, 0);
-      out.push(
-        `pins exceed the cache: ${overflow.map((d) => `${d.name} (${formatBytes(d.size)})`).join(", ")} not cached; pinned datasets need ${formatBytes(need)}, the cache has ${formatBytes(budgetBytes)}`,
-      );
-    }
-    return out;
-  }
-
   /** Tick every `interval` seconds until stop(); a finished copy wakes it early so the copy is mounted at once. */
   async runLoop(): Promise<void> {
     while (!this.stopping) {
@@ -496,6 +497,8 @@ export class Daemon {
   }
 
   private onCopySettled(name: string, outcome: CopyOutcome): void {
+    // A scan of cachedir under way may predate the copy's rename (or its temporary file's removal).
+    this.observer.cachedir.invalidate();
     if (outcome.ok) this.backoff.delete(name);
     else if (!outcome.cancelled) this.fail(name, this.clock());
     this.wake();
@@ -508,7 +511,7 @@ export class Daemon {
     this.logger.warn({ dataset: name, failures, retryInMs: delay }, "dataset in back-off");
   }
 
-  private updateBackoff(actions: readonly Action[], failed: ReadonlySet<Action>, now: number): void {
+  private updateBackoff(actions: Iterable<Action>, failed: ReadonlySet<Action>, now: number): void {
     const failedNames = new Set([...failed].map(actionDataset).filter((n): n is string => n !== undefined));
     for (const name of failedNames) this.fail(name, now);
     for (const a of actions) {

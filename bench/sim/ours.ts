@@ -17,7 +17,8 @@
  *    plus the original's 1 MiB/s: near-equals do not swap back and forth, and
  *    a copy half done is not cancelled for a marginal gain.
  */
-import { plan, planValue } from "../../src/plan/policy.js";
+import { decide } from "../../src/plan/decide.js";
+import { copyPriority } from "../../src/plan/policy.js";
 import { FAST_WINDOW_SHARE } from "../../src/plan/stats.js";
 import { ThroughputWindow } from "../../src/plan/window.js";
 import type { Decision, PolicyView, SimPolicy } from "./engine.js";
@@ -25,7 +26,9 @@ import { indexOfName } from "./policies.js";
 
 /**
  * Ours in the simulator: the windows Stats keeps, fed the same way, and the
- * daemon's plan() with fastRate and the copies in flight, as Daemon.tick calls it.
+ * daemon's decide() (src/plan/decide.ts) with fastRate and the copies in
+ * flight, as Daemon.tick calls it. The engine admits copies into the space
+ * it models itself, in the order of the same priority.
  */
 export class OursPolicy implements SimPolicy {
   readonly name = "ours";
@@ -53,10 +56,17 @@ export class OursPolicy implements SimPolicy {
   decide(view: PolicyView): Decision {
     const rates = this.windows.map((w) => ({ slow: w.slow.rate(), cache: w.cache.rate(), fast: w.fastSlow.rate() + w.fastCache.rate() }));
     const rate = (name: string) => rates[indexOfName(name)] ?? { slow: 0, cache: 0, fast: 0 };
-    const copying = new Set(view.copying.keys());
     const fastRate = (name: string) => rate(name).fast;
-    const cached = plan({ datasets: view.datasets, rate, budgetBytes: view.budgetBytes, fastRate, copying });
+    const { cached } = decide({
+      datasets: view.datasets,
+      pinned: new Set(),
+      policy: "adaptive",
+      rate,
+      fastRate,
+      copying: new Set(view.copying.keys()),
+      space: { capacity: view.budgetBytes, budget: view.budgetBytes, ghosts: 0, occupied: 0, writable: Infinity },
+    });
     // The daemon admits copies by the value that chose them.
-    return { cached, priority: (d) => planValue(d, fastRate(d.name), false) };
+    return { cached, priority: (d) => copyPriority({ rate, fastRate, policy: "adaptive" }, d) };
   }
 }

@@ -26,7 +26,7 @@ import { fileURLToPath } from "node:url";
 import { simulate, type Decision, type PolicyView, type SimConfig, type SimPolicy, type SimResult } from "../sim/engine.js";
 import { OursPolicy } from "../sim/ours.js";
 import { OriginalPolicy } from "../sim/policies.js";
-import type { PolicyName } from "../../src/plan/policy.js";
+import type { PolicyName } from "../../src/config.js";
 import type { SimJob, Trace } from "../sim/trace.js";
 import { Bed, GiB, MiB } from "./bed.js";
 import { Daemon, resetDaemon, type DaemonDirs } from "./daemon.js";

@@ -5,7 +5,7 @@ import { errnoCode, errorMessage } from "../errors.js";
 import { readMountinfo, stackAt } from "../observe/mountinfo.js";
 import { actionDataset, type Action } from "../plan/diff.js";
 import type { Runner } from "./exec.js";
-import { lazyUnmount, mountImage } from "./mounts.js";
+import { attachAndMount, lazyUnmount } from "./mounts.js";
 import type { TransferPool } from "./transfers.js";
 
 export interface ActContext {
@@ -17,6 +17,13 @@ export interface ActContext {
   commandTimeoutMs: number;
   /** Called after each mount, so the daemon can read the new loop device's counter before jobs do. */
   onMounted?: (target: string) => Promise<void>;
+  /**
+   * No key is started after this time (performance.now()): the steps of
+   * keys left over are done by later ticks (the diff asks for them again),
+   * so that ten thousand new images do not hold one tick, and with it the
+   * status, the watchdog and READY=1, for minutes.
+   */
+  deadline?: number;
 }
 
 /**
@@ -33,22 +40,46 @@ export interface ActionFailure {
   error: string;
 }
 
+export interface ActOutcome {
+  /** Steps that ran and succeeded. */
+  done: Set<Action>;
+  failures: ActionFailure[];
+  /** Steps not started: their key came after the deadline. */
+  deferred: number;
+}
+
+/** A key that only brings a new image in (a mount point, a slow mount) waits behind keys that change what is there. */
+function onlyNew(steps: readonly Action[]): boolean {
+  return steps.every((a) => a.kind === "mkdir" || (a.kind === "mount" && a.tier === "slow"));
+}
+
 /**
  * Carry out the diff. Steps of one key run in order and stop at the first
  * failure; keys are independent, so one bad image never holds up another.
  */
-export async function act(actions: readonly Action[], ctx: ActContext): Promise<ActionFailure[]> {
+export async function act(actions: readonly Action[], ctx: ActContext): Promise<ActOutcome> {
   const byKey = new Map<string, Action[]>();
-  for (const a of actions) byKey.set(a.key, [...(byKey.get(a.key) ?? []), a]);
-  const failures: ActionFailure[] = [];
+  for (const a of actions) {
+    const steps = byKey.get(a.key);
+    if (steps) steps.push(a);
+    else byKey.set(a.key, [a]);
+  }
+  // Removals, drops and cache mounts first: they are few, and what they change is in use.
+  const keys = [...byKey.values()].sort((a, b) => Number(onlyNew(a)) - Number(onlyNew(b)));
+  const outcome: ActOutcome = { done: new Set(), failures: [], deferred: 0 };
   await pMap(
-    byKey.values(),
+    keys,
     async (steps) => {
+      if (ctx.deadline !== undefined && performance.now() > ctx.deadline) {
+        outcome.deferred += steps.length;
+        return;
+      }
       for (const action of steps) {
         try {
           await perform(action, ctx);
+          outcome.done.add(action);
         } catch (err) {
-          failures.push({ action, error: errorMessage(err) });
+          outcome.failures.push({ action, error: errorMessage(err) });
           ctx.logger.error({ dataset: actionDataset(action), action: action.kind, err: errorMessage(err) }, "action failed");
           break;
         }
@@ -56,7 +87,7 @@ export async function act(actions: readonly Action[], ctx: ActContext): Promise<
     },
     { concurrency: ACT_CONCURRENCY },
   );
-  return failures;
+  return outcome;
 }
 
 async function perform(action: Action, ctx: ActContext): Promise<void> {
@@ -76,7 +107,7 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       }
       return;
     case "mount":
-      await mountImage(ctx.run, action.fsType, action.source, action.target, ctx.commandTimeoutMs);
+      await attachAndMount(ctx.run, action.fsType, action.source, action.target, ctx.commandTimeoutMs);
       await ctx.onMounted?.(action.target);
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
     case "unmount": {

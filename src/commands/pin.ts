@@ -1,6 +1,6 @@
 import { configuredDir } from "../config.js";
 import { UsageError } from "../errors.js";
-import { validName } from "../plan/naming.js";
+import { validName } from "../names.js";
 import { isActive, readPins, updatePins, type Pin } from "../state/pins.js";
 import { DURATION_FORMS, parseDuration } from "../units.js";
 

@@ -1,15 +1,44 @@
+import picomatch from "picomatch";
 import { run } from "../act/exec.js";
 import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { DaemonNotRunning, readStatusFile, StatusFileError } from "../report/status-file.js";
-import type { StatusReport } from "../report/status.js";
+import type { DatasetState, StatusReport } from "../report/status.js";
 import { fsUsage } from "../observe/snapshot.js";
-import { renderStatus, type FsSpace } from "../report/table.js";
+import { renderStatus, type FsSpace, type Selection } from "../report/table.js";
 
 export interface StatusFlags {
   json?: boolean;
   runtimeDir?: string;
   config?: string;
+  /** Show only these states (comma-separated, or the option repeated). */
+  state?: string[];
+}
+
+/** What --state accepts: a dataset's state, or refused for the files that are not datasets. */
+const STATE_SET: Record<DatasetState | "refused", true> = { cached: true, copying: true, queued: true, slow: true, refused: true };
+export const STATES = Object.keys(STATE_SET) as (DatasetState | "refused")[];
+
+/**
+ * The datasets and refused images to show: those whose name (or refused
+ * file's name) matches one of `patterns` (names or globs: `coco`, `coco.*`,
+ * `imagenet-202?`), and whose state is one of `states`; undefined when
+ * neither is given (everything). Throws UsageError for an unknown state.
+ */
+export function selectStatus(report: StatusReport, patterns: readonly string[], states: readonly string[]): Selection | undefined {
+  const wanted = states.flatMap((s) => s.split(",")).map((s) => s.trim()).filter((s) => s !== "");
+  for (const s of wanted) {
+    if (!(STATES as string[]).includes(s)) throw new UsageError(`status: --state ${JSON.stringify(s)} is not a state; expected ${STATES.join(", ")}`);
+  }
+  if (patterns.length === 0 && wanted.length === 0) return undefined;
+  const matches = patterns.length === 0 ? () => true : picomatch([...patterns], { dot: true });
+  const stateOk = (s: string) => wanted.length === 0 || wanted.includes(s);
+  const filters = [...patterns, ...(wanted.length > 0 ? [`--state ${wanted.join(",")}`] : [])].join(" ");
+  return {
+    datasets: report.datasets.filter((d) => matches(d.name) && stateOk(d.state)),
+    refused: report.refused.filter((r) => matches(r.file.replace(/^.*\//, "")) && stateOk("refused")),
+    filters,
+  };
 }
 
 export interface StatusDeps {
@@ -51,7 +80,7 @@ async function measureFs(report: StatusReport, measure: (dir: string) => Promise
  * report plus an `fs` object. Throws UsageError (exit status 1) when the
  * daemon is not running or its status file cannot be used.
  */
-export async function statusOutput(flags: StatusFlags, deps: StatusDeps = {}): Promise<string> {
+export async function statusOutput(flags: StatusFlags, deps: StatusDeps = {}, patterns: readonly string[] = []): Promise<string> {
   const dir = await resolveRuntimeDir(flags);
   let report: StatusReport;
   try {
@@ -62,10 +91,15 @@ export async function statusOutput(flags: StatusFlags, deps: StatusDeps = {}): P
     throw err;
   }
   const fs = await measureFs(report, deps.measure ?? ((dir) => fsUsage(run, dir, MEASURE_TIMEOUT_MS)));
-  return flags.json === true ? `${JSON.stringify({ ...report, fs }, null, 2)}\n` : renderStatus(report, fs);
+  const selection = selectStatus(report, patterns, flags.state ?? []);
+  if (flags.json === true) {
+    const shown = selection ? { ...report, datasets: selection.datasets, refused: selection.refused } : report;
+    return `${JSON.stringify({ ...shown, fs }, null, 2)}\n`;
+  }
+  return renderStatus(report, fs, selection);
 }
 
-/** `scratch_manager status [--json] [--runtime-dir DIR] [-c FILE]`: any user may run it. */
-export async function statusCommand(flags: StatusFlags): Promise<void> {
-  process.stdout.write(await statusOutput(flags));
+/** `scratch_manager status [NAME|GLOB...] [--state STATE] [--json] [--runtime-dir DIR] [-c FILE]`: any user may run it. */
+export async function statusCommand(patterns: string[], flags: StatusFlags): Promise<void> {
+  process.stdout.write(await statusOutput(flags, {}, patterns));
 }

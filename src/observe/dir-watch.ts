@@ -35,9 +35,11 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
 export class DirWatch<T> {
   /** The end of the queue: settles when the last operation queued has. */
   private tail: Promise<unknown> = Promise.resolve();
-  private scan?: { since: number; done: Promise<void> };
+  private scan?: { since: number; done: Promise<void>; generation: number };
   /** The outcome of a scan that finished after its tick stopped waiting for it; the next tick takes it. */
-  private unread?: ScanView<T>;
+  private unread?: { view: ScanView<T>; generation: number };
+  /** Bumped by invalidate(): a scan started before is out of date. */
+  private generation = 0;
 
   constructor(
     readonly dir: string,
@@ -58,6 +60,15 @@ export class DirWatch<T> {
     return abortable(result, signal);
   }
 
+  /**
+   * The daemon has just changed the directory (a copy renamed into place,
+   * files deleted): a scan started before may have missed it, and is not
+   * to be believed. The next poll waits for a scan started afterwards.
+   */
+  invalidate(): void {
+    this.generation++;
+  }
+
   /** An operation (a scan) is running or queued. */
   get busySince(): number | undefined {
     return this.scan?.since;
@@ -69,40 +80,53 @@ export class DirWatch<T> {
    * A scan that ends later is kept for the next tick, which sees it fresh.
    */
   async poll(job: (signal?: AbortSignal) => Promise<T>, waitMs: number, signal?: AbortSignal): Promise<ScanView<T>> {
-    if (!this.scan && !this.unread) {
-      const since = this.clock();
-      // The job runs on when this tick stops waiting, but not past the daemon's end (`signal`).
-      const done = this.exclusive(() => job(signal)).then(
-        (result): ScanView<T> => ({ kind: "fresh", result, at: this.clock() }),
-        (err: unknown): ScanView<T> => {
-          const e = err instanceof ScanError ? err : new ScanError("EIO", err instanceof Error ? err.message : String(err));
-          return { kind: "failed", code: e.code, message: e.message, timedOut: e.timedOut, at: this.clock() };
-        },
-      );
-      this.scan = {
-        since,
-        done: done.then((view) => {
-          this.unread = view;
-          this.scan = undefined;
-        }),
-      };
-    }
-    if (this.scan) {
+    const deadline = performance.now() + waitMs;
+    for (;;) {
+      // A scan started before the last invalidate() is thrown away, and another started.
+      if (this.unread && this.unread.generation !== this.generation) this.unread = undefined;
+      if (this.unread) {
+        const view = this.unread.view;
+        this.unread = undefined;
+        return view;
+      }
+      if (!this.scan) this.start(job, signal);
+      const scan = this.scan as NonNullable<typeof this.scan>;
+      const remaining = deadline - performance.now();
+      if (remaining <= 0 || signal?.aborted) return { kind: "waiting", since: scan.since };
       let stopWaiting = () => {};
       const timeout = new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, waitMs);
+        const timer = setTimeout(resolve, remaining);
         stopWaiting = () => {
           clearTimeout(timer);
           resolve();
         };
         signal?.addEventListener("abort", stopWaiting, { once: true });
       });
-      await Promise.race([this.scan.done, timeout]);
+      await Promise.race([scan.done, timeout]);
       signal?.removeEventListener("abort", stopWaiting);
       stopWaiting();
+      if (!this.unread) return { kind: "waiting", since: scan.since };
     }
-    const view = this.unread;
-    this.unread = undefined;
-    return view ?? { kind: "waiting", since: this.scan?.since ?? this.clock() };
+  }
+
+  /** Start a scan; it runs on when its tick stops waiting, but not past the daemon's end (`signal`). */
+  private start(job: (signal?: AbortSignal) => Promise<T>, signal?: AbortSignal): void {
+    const since = this.clock();
+    const generation = this.generation;
+    const done = this.exclusive(() => job(signal)).then(
+      (result): ScanView<T> => ({ kind: "fresh", result, at: this.clock() }),
+      (err: unknown): ScanView<T> => {
+        const e = err instanceof ScanError ? err : new ScanError("EIO", err instanceof Error ? err.message : String(err));
+        return { kind: "failed", code: e.code, message: e.message, timedOut: e.timedOut, at: this.clock() };
+      },
+    );
+    this.scan = {
+      since,
+      generation,
+      done: done.then((view) => {
+        this.unread = { view, generation };
+        this.scan = undefined;
+      }),
+    };
   }
 }

@@ -7,7 +7,7 @@ import { DirWatch } from "./dir-watch.js";
 import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
 import { readBackingIds, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
 import { readMountinfo, type MountEntry } from "./mountinfo.js";
-import { listDirectory, readHeaders, realDirectory, scanFailure, ScanError, type Listing } from "./scan.js";
+import { listDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, type DirStat, type Listing } from "./scan.js";
 
 export interface FsUsage {
   totalBytes: number;
@@ -37,6 +37,8 @@ export interface DataScan {
   probes: Map<string, Probe>;
   /** datadir with its symbolic links resolved, as the kernel names loop devices' backing files. */
   realPath: string;
+  /** The entries were listed (and lstat'ed) this time; false: the directory had not changed, the last listing stands. */
+  listed: boolean;
 }
 
 /** A scan of cachedir: its entries and its file system's space. */
@@ -74,8 +76,10 @@ export class Observer {
   private backingIds = new Map<string, { key: string; id: BackingId | undefined }>();
   readonly datadir: DirWatch<DataScan>;
   readonly cachedir: DirWatch<CacheScan>;
-  /** datadir's real path, once resolved (it may not exist at start). */
+  /** datadir's real path, once resolved (it may not exist at start); forgotten when a scan fails. */
   private datadirReal?: string;
+  /** The last full listing of datadir and when it was made (see unchanged). */
+  private lastListing?: { scan: DataScan; at: number };
 
   constructor(
     config: Pick<Config, "datadir" | "cachedir">,
@@ -148,10 +152,32 @@ export class Observer {
     this.backingIds.delete(device);
   }
 
-  /** One scan of datadir: resolve it (it may have appeared since), list it, probe its new images. */
+  /**
+   * One scan of datadir: resolve it (once: it may not exist at start), stat
+   * it, and list it and probe its new images only if it changed (see
+   * unchanged). A failure forgets the resolution and the listing, so that the
+   * next scan starts afresh.
+   */
   private async scanData(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<DataScan> {
-    const realPath = await realDirectory(this.run, config.datadir, timeoutMs, signal);
-    this.datadirReal = realPath;
+    try {
+      const realPath = this.datadirReal ?? (await realDirectory(this.run, config.datadir, timeoutMs, signal));
+      this.datadirReal = realPath;
+      const dir = await statFile(this.run, realPath, timeoutMs, signal);
+      const last = this.lastListing;
+      if (last && last.scan.realPath === realPath && unchanged(last.scan.listing, dir, last.at, this.clock(), config)) {
+        return { ...last.scan, listing: { ...last.scan.listing, dir }, listed: false };
+      }
+      const scan = await this.listData(realPath, timeoutMs, signal);
+      this.lastListing = { scan, at: this.clock() };
+      return scan;
+    } catch (err) {
+      this.datadirReal = undefined;
+      this.lastListing = undefined;
+      throw err;
+    }
+  }
+
+  private async listData(realPath: string, timeoutMs: number, signal?: AbortSignal): Promise<DataScan> {
     const listing = await listDirectory(this.run, realPath, timeoutMs, signal);
     const probes = new Map<string, Probe>();
     const seen = new Map<string, { key: string; probe: Probe }>();
@@ -173,7 +199,7 @@ export class Observer {
       seen.set(e.file, { key: `${e.ino}:${e.size}:${e.mtimeMs}`, probe });
     }
     this.probeCache = seen;
-    return { listing, probes, realPath };
+    return { listing, probes, realPath, listed: true };
   }
 
   private async scanCache(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<CacheScan> {
@@ -181,6 +207,34 @@ export class Observer {
     const fs = await fsUsage(this.run, config.cachedir, timeoutMs, signal);
     return { listing, fs };
   }
+}
+
+/**
+ * Slack on timestamps: a file server may keep mtimes to the second (or
+ * coarser), so a change made in the same second as a listing would not move
+ * the directory's mtime. A directory or image modified this recently before
+ * the last listing is listed again.
+ */
+const MTIME_SLACK_MS = 2000;
+
+/**
+ * Whether the last listing of datadir still stands, so that a tick costs the
+ * file server one stat of the directory whatever the number of images: the
+ * directory is the same (device, inode) with the same mtime and ctime (an
+ * image added, removed or renamed changes both), it was not being changed
+ * around the last listing, no image was still being written then (it must
+ * be seen stable before it is mounted, and writing into a file does not
+ * touch the directory), and the last listing is younger than
+ * rescan_interval, the safety net for what a directory's times do not show
+ * (an image rewritten in place). Pure.
+ */
+export function unchanged(last: Listing, dir: DirStat, listedAt: number, now: number, config: Pick<Config, "rescanInterval" | "interval">): boolean {
+  if (now - listedAt >= config.rescanInterval * 1000) return false;
+  const same = last.dir.dev === dir.dev && last.dir.ino === dir.ino && last.dir.mtimeMs === dir.mtimeMs && last.dir.ctimeMs === dir.ctimeMs;
+  if (!same || last.dir.mtimeMs >= listedAt - MTIME_SLACK_MS) return false;
+  // An image written shortly before the listing may still be growing: listed each tick until it has settled.
+  const settledBefore = listedAt - MTIME_SLACK_MS - config.interval * 1000;
+  return last.entries.every((e) => e.file.startsWith(".") || e.mtimeMs < settledBefore);
 }
 
 /** Size and free space of the file system holding `dir`, through stat -f (a child, like every read of the directories). */

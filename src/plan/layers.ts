@@ -40,13 +40,18 @@ export function relocateDetached(loops: ReadonlyMap<string, LoopDevice>, datadir
 }
 
 /**
- * A slow layer is the image at its path only if it is the same file: one
- * whose inode differs from the file now at that path was replaced, by
- * another client of the file server (the kernel names it as before, without
- * " (deleted)") or while datadir was away.
+ * A slow layer is the image at its path only if it is the same file, as it
+ * was: one whose inode differs from the file now at that path was replaced,
+ * by another client of the file server (the kernel names it as before,
+ * without " (deleted)") or while datadir was away; one whose size is no
+ * longer the loop device's was rewritten in place (the device keeps the
+ * size it was attached with: the image must be attached again).
  */
 function replaced(loop: LoopDevice, image: FileEntry | undefined): boolean {
-  return loop.backing !== undefined && image !== undefined && image.ino !== loop.backing.ino;
+  if (image === undefined) return false;
+  if (loop.backing !== undefined && image.ino !== loop.backing.ino) return true;
+  // /sys/block/loopN/size counts whole 512-byte sectors of the file.
+  return loop.sizeBytes > 0 && loop.sizeBytes !== Math.floor(image.size / 512) * 512;
 }
 
 export function classify(entry: MountEntry, snapshot: Snapshot, config: Config, images?: ReadonlyMap<string, FileEntry>): Layer {

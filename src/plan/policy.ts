@@ -1,4 +1,4 @@
-import type { Capacity, Config } from "../config.js";
+import type { Capacity, Config, PolicyName } from "../config.js";
 import type { Snapshot } from "../observe/snapshot.js";
 import { MiB } from "../units.js";
 import type { Dataset } from "./catalog.js";
@@ -21,14 +21,6 @@ export const UNCACHED_FLOOR = 0.5;
 /** A cached dataset, or one being copied, counts its rate 1 + KEEP_FACTOR times: near-equals do not swap back and forth, a copy half done is not thrown away for a marginal gain. */
 export const KEEP_FACTOR = 0.25;
 
-/**
- * How datasets are chosen. `adaptive`: planValue over the fast window, then
- * fillSlack (BENCHMARKS.md, section 5). `original`: the Python daemon's rule,
- * the knapsack over the period's rate, +1 MiB/s if cached, so that a site
- * can keep its old behaviour, or compare the two on its own workload.
- */
-export const POLICIES = ["adaptive", "original"] as const;
-export type PolicyName = (typeof POLICIES)[number];
 
 export interface Desired {
   /** Names of the datasets that should be on the cache tier. */

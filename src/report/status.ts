@@ -83,4 +83,6 @@ export interface StatusReport {
    * report of a daemon from before it was added.
    */
   storage?: { datadir: DirCondition; cachedir: DirCondition };
+  /** While datasets are still being mounted (a first start with thousands of new images): how far. */
+  mounting?: { mounted: number; total: number };
 }

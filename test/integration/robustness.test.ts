@@ -300,16 +300,16 @@ test("a mount that fails is logged with its stderr and retried with back-off; a 
     writeFileSync(hangFlag, "");
     const mountWrapper = [
       `case "$*" in`,
-      `  *flaky.sqfs*) n=$(cat ${counter} 2>/dev/null || echo 0); echo $((n + 1)) > ${counter}`,
+      `  */mnt/flaky) n=$(cat ${counter} 2>/dev/null || echo 0); echo $((n + 1)) > ${counter}`,
       `    if [ "$n" -lt 2 ]; then echo "mount: simulated failure $n" >&2; exit 32; fi ;;`,
-      `  *hang.sqfs*) if [ -e ${hangFlag} ]; then exec sleep 600; fi ;;`,
+      `  */mnt/hang) if [ -e ${hangFlag} ]; then exec sleep 600; fi ;;`,
       `esac`,
       `exec /usr/bin/mount "$@"`,
     ].join("\n");
     const d = track(Daemon.start(root, { command_timeout: 1 }, { bin: { mount: mountWrapper } }));
     await waitUntil("fine mounted", () => stackAt(path.join(root.mnt, "fine")).length === 1, 5000);
     const failure = await d.waitForLog("flaky failed", (l) => l.msg === "action failed" && l.dataset === "flaky");
-    assert.match(String(failure.err), /mount .*flaky\.sqfs.* exited with status 32: mount: simulated failure 0/);
+    assert.match(String(failure.err), /mount -t squashfs -o ro,nosuid,nodev -- \/dev\/loop\d+ .*\/mnt\/flaky exited with status 32: mount: simulated failure 0/);
     await d.waitForLog("back-off", (l) => l.msg === "dataset in back-off" && l.dataset === "flaky");
     await waitUntil("flaky mounted after retries", () => stackAt(path.join(root.mnt, "flaky")).length === 1, 20_000);
     assert.equal(readFileSync(counter, "utf8").trim(), "3", "two failures, then success: retried, not blacklisted");

@@ -42,6 +42,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     commandTimeout: 60,
     scanTimeout: 30,
     vanishShare: 0.5,
+    rescanInterval: 1800,
     pins: [],
     stateDir: "/var/lib/scratch_manager",
     runtimeDir: "/run/scratch_manager",

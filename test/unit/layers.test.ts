@@ -38,6 +38,15 @@ describe("layerStacks: a slow layer is its image only if it is the same file (in
   test("same inode: the image's layer", () => {
     assert.equal(layerStacks(snap(11), config).get(target)?.[0]?.deleted, false);
   });
+  test("the same file, grown since it was attached (rewritten in place): to be attached again", () => {
+    const grown = snapshot({
+      images: [fileEntry(DATA, "alpha.sqfs", { ino: 11, size: 8192 })],
+      mounts: [mountEntry(1, 0, target, { majorMinor: "7:0" })],
+      loops: new Map([["7:0", { ...loop, sizeBytes: 4096 }]]),
+    });
+    assert.equal(layerStacks(grown, config).get(target)?.[0]?.deleted, true);
+    assert.equal(layerStacks({ ...grown, images: [fileEntry(DATA, "alpha.sqfs", { ino: 11, size: 4096 + 100 })] }, config).get(target)?.[0]?.deleted, false, "a tail shorter than a sector is not seen by the device");
+  });
   test("another inode at the same path (replaced by another client of the server, no ' (deleted)'): replaced", () => {
     const layer = layerStacks(snap(99), config).get(target)?.[0];
     assert.equal(layer?.tier, "slow");

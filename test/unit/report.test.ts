@@ -17,7 +17,7 @@ import {
   writeStatusFile,
 } from "../../src/report/status-file.js";
 import type { DatasetStatus, StatusReport } from "../../src/report/status.js";
-import { renderStatus } from "../../src/report/table.js";
+import { columns, renderStatus } from "../../src/report/table.js";
 import { GiB, MiB, tempDir, TiB } from "./helpers.js";
 
 // Times in the table are local; fix the zone so that "14:05" means 14:05 UTC.
@@ -101,19 +101,30 @@ describe("renderStatus: the table of `scratch_manager status`", () => {
     assert.ok(!text.includes("cachedir /ssd/cache: UNAVAILABLE"), "cachedir answers: not mentioned");
     assert.match(text, /\n\nNAME /, "then the table");
   });
-  test("both directories available: nothing above the table", () => {
+  test("both directories available: the summary starts with the cache", () => {
     const storage = troubledStorage();
     storage.datadir = { ...storage.datadir, available: true, reason: "Available", message: "answering" };
-    assert.ok(renderStatus(makeReport({ storage })).startsWith("NAME "));
+    assert.ok(renderStatus(makeReport({ storage })).startsWith("cache: "));
+  });
+  test("while datasets are still being mounted, how far", () => {
+    assert.match(renderStatus(makeReport({ mounting: { mounted: 3000, total: 10000 } })), /^mounting: 3000 of 10000 datasets mounted so far$/m);
   });
 
   const text = renderStatus(makeReport());
 
-  test("a header, then one row per dataset in name order, then the refused images", () => {
+  test("the summary on top (it would scroll away under thousands of rows), then a header, one row per dataset in name order, the refused images", () => {
     const lines = text.split("\n");
-    assert.match(lines[0] ?? "", /^NAME\s+SIZE\s+STATE\s+SLOW\s+CACHE\s+SERVED$/);
-    const names = lines.slice(1, 7).map((l) => l.split(/\s+/)[0]);
+    assert.match(lines[0] ?? "", /^cache: /);
+    const header = lines.findIndex((l) => l.startsWith("NAME"));
+    assert.ok(header > 3, "after the summary");
+    assert.match(lines[header] ?? "", /^NAME\s+SIZE\s+STATE\s+SLOW\s+CACHE\s+SERVED$/);
+    const names = lines.slice(header + 1, header + 7).map((l) => l.split(/\s+/)[0]);
     assert.deepEqual(names, ["coco", "imagenet", "laion", "places", "half.sqfs", "notes.sqfs"]);
+  });
+
+  test("columns: aligned in terminal columns, a CJK character counting two", () => {
+    const out = columns([["NAME", "SIZE"], ["数据", "1 B"], ["ab", "10 B"]], [false, true]);
+    assert.deepEqual(out, ["NAME  SIZE", "数据   1 B", "ab    10 B"]);
   });
 
   const rows: { name: string; mentions: string[] }[] = [
@@ -296,9 +307,29 @@ describe("status command", () => {
     const runtime = path.join(dir, "table");
     await writeStatusFile(runtime, makeReport());
     const out = await statusOutput({ runtimeDir: runtime }, { measure: () => Promise.reject(new Error("stat -f timed out")), now: T0 + 2000 });
-    assert.ok(out.startsWith("NAME "), out);
+    assert.ok(out.startsWith("cache: "), out);
     assert.ok(out.includes("1.20 TiB free of 1.75 TiB"), out);
   });
+
+  test("names or globs, and --state, select the rows; the summary stays whole; --json is filtered the same way", async () => {
+    const runtime = path.join(dir, "select");
+    await writeStatusFile(runtime, makeReport());
+    const measure = () => Promise.resolve({ totalBytes: 4 * TiB, freeBytes: 3 * TiB });
+    const out = await statusOutput({ runtimeDir: runtime, state: ["cached,copying"] }, { measure, now: T0 + 2000 });
+    assert.deepEqual(
+      out.split("\n").filter((l) => /^(coco|imagenet|laion|places|half|notes)/.test(l)).map((l) => l.split(/\s+/)[0]),
+      ["coco", "imagenet"],
+    );
+    assert.ok(out.includes("cache: 12.0 GiB of 500 GiB (2%), 1 copy running, 1 queued\n"), "the summary counts every dataset");
+    assert.ok(out.includes("(2 of 6 shown: --state cached,copying)"), out);
+    const globbed = JSON.parse(await statusOutput({ runtimeDir: runtime, json: true }, { measure, now: T0 + 2000 }, ["ima*", "notes.*"])) as StatusReport;
+    assert.deepEqual(globbed.datasets.map((d) => d.name), ["imagenet"]);
+    assert.deepEqual(globbed.refused.map((r) => r.file), ["/srv/data/notes.sqfs"]);
+    const refused = await statusOutput({ runtimeDir: runtime, state: ["refused"] }, { measure, now: T0 + 2000 });
+    assert.ok(refused.includes("(2 of 6 shown: --state refused)"), refused);
+    await assert.rejects(statusOutput({ runtimeDir: runtime, state: ["hot"] }, { measure, now: T0 + 2000 }), (err: unknown) => err instanceof UsageError && /--state "hot" is not a state; expected cached, copying, queued, slow, refused/.test(err.message));
+  });
+
 
   test("daemon not running: a one-line UsageError with exit status 1", async () => {
     await assert.rejects(statusOutput({ runtimeDir: path.join(dir, "none") }), (err: unknown) => {

@@ -6,7 +6,8 @@ import { after, before, describe, test } from "node:test";
 import { CommandFailedError, run, type Runner } from "../../src/act/exec.js";
 import { majorMinorOf } from "../../src/observe/loops.js";
 import { fatalFindError, listDirectory, parseErrorLine, parseFindListing, ScanError, splitHeadOutput, statFile } from "../../src/observe/scan.js";
-import { tempDir } from "./helpers.js";
+import { unchanged } from "../../src/observe/snapshot.js";
+import { DATA, fileEntry, tempDir } from "./helpers.js";
 
 const record = (...fields: (string | number)[]) => `${fields.join("\t")}\0`;
 
@@ -120,4 +121,23 @@ describe("listDirectory and statFile on a real directory (find as a child proces
     const hanging: Runner = (file, args, options) => run("sleep", ["10"], { ...options, timeoutMs: 200 });
     await assert.rejects(listDirectory(hanging, dir, 200), (e: unknown) => e instanceof ScanError && e.timedOut && e.code === "ETIMEDOUT");
   });
+});
+
+describe("unchanged: when the last listing of datadir stands (one stat of the directory a tick)", () => {
+  const T = 1_700_000_000_000;
+  const dir = { dev: "0:40", ino: 2, mtimeMs: T - 60_000, ctimeMs: T - 60_000 };
+  const listing = (mtimes: number[]) => ({ dir, entries: mtimes.map((m, i) => ({ ...fileEntry(DATA, `i${i}.sqfs`), mtimeMs: m })) });
+  const config = { rescanInterval: 1800, interval: 5 };
+  const old = listing([T - 3_600_000, T - 7_200_000]);
+  const cases: [string, Parameters<typeof unchanged>, boolean][] = [
+    ["nothing changed: it stands", [old, dir, T, T + 5000, config], true],
+    ["an image added or removed (mtime and ctime moved): listed", [old, { ...dir, mtimeMs: T + 1000, ctimeMs: T + 1000 }, T, T + 5000, config], false],
+    ["a rename over an image (ctime moved)", [old, { ...dir, ctimeMs: T + 1000 }, T, T + 5000, config], false],
+    ["another file system mounted there (device)", [old, { ...dir, dev: "0:41" }, T, T + 5000, config], false],
+    ["the directory changed within the slack before the listing (mtimes to the second)", [{ ...old, dir: { ...dir, mtimeMs: T - 500 } }, { ...dir, mtimeMs: T - 500 }, T, T + 5000, config], false],
+    ["an image written just before the listing (it may still grow): listed until settled", [listing([T - 3000]), dir, T, T + 5000, config], false],
+    ["the safety net: rescan_interval since the last listing", [old, dir, T, T + 1_800_000, config], false],
+    ["a hidden file's time does not matter", [{ dir, entries: [{ ...fileEntry(DATA, ".tmp"), mtimeMs: T }] }, dir, T, T + 5000, config], true],
+  ];
+  for (const [title, args, want] of cases) test(title, () => assert.equal(unchanged(...args), want));
 });
