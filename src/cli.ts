@@ -5,6 +5,7 @@ import { pinCommand, unpinCommand } from "./commands/pin.js";
 import { runCommand, type RunFlags } from "./commands/run.js";
 import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
+import { isJournalStream } from "./log.js";
 
 /** Set by packaging/bundle.mjs (esbuild --define): the bundle has no package.json beside it. */
 declare const SCRATCH_MANAGER_VERSION: string | undefined;
@@ -95,11 +96,15 @@ export async function main(argv: string[]): Promise<number> {
       // --help and --version end here too, with exit code 0.
       return err.exitCode === 0 ? 0 : 2;
     }
+    // Under systemd, an error that stops the daemon is found by `journalctl -p err` too.
+    const prefix = isJournalStream(process.env, 2) ? "<3>" : "";
     if (err instanceof UsageError) {
-      process.stderr.write(`scratch_manager: ${err.message}\n`);
+      process.stderr.write(`${prefix}scratch_manager: ${err.message}\n`);
       return err.exitCode;
     }
-    process.stderr.write(`scratch_manager: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    // One entry: journald would give each line of a stack its own, at the default priority.
+    const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    process.stderr.write(`${prefix}scratch_manager: ${prefix ? text.replace(/\n\s*/g, " | ") : text}\n`);
     return 1;
   }
 }

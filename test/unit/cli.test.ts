@@ -1,6 +1,7 @@
 /** The command line as the original's users know it: its flags in --help, `scratch_manager -c FILE -v`. */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { test } from "node:test";
@@ -51,4 +52,22 @@ test("a mistyped command is one line and exit status 2; help COMMAND works", () 
   const status = cli(["status", "-c", "/nonexistent/scratch_manager.conf"]);
   assert.equal(status.status, 2);
   assert.match(status.stderr, /cannot read \/nonexistent\/scratch_manager\.conf/);
+});
+
+test("under systemd, an error that stops the program has priority err (<3>), so that journalctl -p err finds it", async () => {
+  const { dir, cleanup } = await tempDir();
+  const file = path.join(dir, "stderr");
+  const fd = openSync(file, "w");
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    // stderr is the journal's stream: systemd says so with JOURNAL_STREAM=device:inode.
+    const r = spawnSync(process.execPath, [CLI, "-c", path.join(dir, "missing.conf")], { stdio: ["ignore", "ignore", fd], env: { ...process.env, JOURNAL_STREAM: `${st.dev}:${st.ino}` } });
+    assert.equal(r.status, 2);
+    assert.match(readFileSync(file, "utf8"), /^<3>scratch_manager: config: cannot read .*missing\.conf/);
+  } finally {
+    closeSync(fd);
+    await cleanup();
+  }
+  // Not the journal's stream: no prefix.
+  assert.match(cli(["-c", "/nonexistent.conf"]).stderr, /^scratch_manager: config: /);
 });
