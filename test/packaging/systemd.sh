@@ -207,11 +207,17 @@ check "the .deb depends on nodejs (>= 18), rsync and mount" \
   grep -q 'nodejs (>= 18), rsync, mount' <<<"$deb_depends"
 check "the .deb marks /etc/scratch_manager.conf as a conffile" \
   test "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/scratch_manager.conf
+shared_files="/usr/share/scratch_manager/slurm/prolog.sh /usr/share/scratch_manager/slurm/epilog.sh
+/usr/share/scratch_manager/prometheus/scratch_manager.rules.yml /usr/share/scratch_manager/grafana/scratch_manager.json"
+deb_files=$(dpkg-deb -c "$deb" | awk '{ print substr($6, 2) }')
+for f in $shared_files; do
+  check "the .deb has $f" grep -qx "$f" <<<"$deb_files"
+done
 
 echo "== rpm -qp"
 rpm_files=$(rpm -qlp "$rpmfile" 2>/dev/null)
 for f in /usr/bin/scratch_manager /usr/lib/systemd/system/scratch_manager.service /etc/scratch_manager.conf \
-  /usr/lib/scratch_manager/scratch_manager.mjs /usr/share/doc/scratch-manager/README.md; do
+  /usr/lib/scratch_manager/scratch_manager.mjs /usr/share/doc/scratch-manager/README.md $shared_files; do
   check "rpm -qlp lists $f" grep -qx "$f" <<<"$rpm_files"
 done
 check "rpm -qp --configfiles is /etc/scratch_manager.conf" test "$(rpm -qp --configfiles "$rpmfile" 2>/dev/null)" = /etc/scratch_manager.conf
@@ -309,6 +315,11 @@ else
   nok "apt-get install $(basename "$deb")"
   exit 1
 fi
+if command -v promtool >/dev/null; then
+  check "promtool check rules accepts the installed /usr/share/scratch_manager/prometheus/scratch_manager.rules.yml" \
+    quiet promtool check rules /usr/share/scratch_manager/prometheus/scratch_manager.rules.yml
+fi
+check "the installed dashboard is JSON" quiet node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' /usr/share/scratch_manager/grafana/scratch_manager.json
 check "/usr/bin/scratch_manager --version is package.json's ($version)" test "$(/usr/bin/scratch_manager --version 2>&1)" = "$version"
 check "the unit is known to systemd without a manual daemon-reload (postinst)" test "$(prop scratch_manager.service LoadState)" = loaded
 check "the unit is not enabled by the installation" test "$(sctl is-enabled scratch_manager.service 2>/dev/null)" = disabled
