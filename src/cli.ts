@@ -73,6 +73,7 @@ export function buildProgram(): Command {
     .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin (default: admin)")
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
+    .option("--slurm-job <id>", "pin the datasets Slurm job <id> names in its comment (datasets:a,b) for its time limit, as owner slurm-<id> (the Slurm prolog)")
     .action(pinCommand);
 
   program
