@@ -29,7 +29,9 @@ if [ -n "${SLURM_SCRIPT_CONTEXT:-}" ]; then
   esac
 fi
 # shellcheck disable=SC2086 # SCRATCH_MANAGER may be a command with arguments
-if ! out=$(timeout 60 $SCRATCH_MANAGER pin --slurm-job "$job" 2>&1); then
-  logger -t scratch_manager -p daemon.warning "prolog: job $job: $out" 2>/dev/null
+err=$(timeout 60 $SCRATCH_MANAGER pin --slurm-job "$job" 2>&1 >/dev/null)
+rc=$?
+if [ "$rc" -ne 0 ] || [ -n "$err" ]; then
+  logger -t scratch_manager -p daemon.warning "prolog: job $job: ${err:-scratch_manager pin exited with status $rc}" 2>/dev/null
 fi
 exit 0

@@ -1,8 +1,8 @@
 import { run as realRun, type Runner } from "../act/exec.js";
 import { configuredDir } from "../config.js";
-import { UsageError } from "../errors.js";
+import { errorMessage, UsageError } from "../errors.js";
 import { validName } from "../plan/naming.js";
-import { datasetsInComment, readSlurmJob } from "../slurm/job.js";
+import { datasetsInComment, readSlurmJob, type SlurmJob } from "../slurm/job.js";
 import { isActive, readPins, updatePins, type Pin } from "../state/pins.js";
 import { DURATION_FORMS, parseDuration } from "../units.js";
 
@@ -107,7 +107,15 @@ export async function pinSlurmJob(names: string[], flags: PinFlags, deps: SlurmD
   const env = deps.env;
   const prolog = env.SLURM_JOB_ID === id && (env.SLURM_JOB_COMMENT !== undefined || env.SLURM_SCRIPT_CONTEXT !== undefined);
   const fromEnv = prolog ? (env.SLURM_JOB_COMMENT ?? "") : undefined;
-  let job = fromEnv === undefined ? await readSlurmJob(jobId, deps.run) : undefined;
+  let job: SlurmJob | undefined;
+  if (fromEnv === undefined) {
+    try {
+      job = await readSlurmJob(jobId, deps.run);
+    } catch (err) {
+      // One line, as the prolog logs it (exit status 1: not the user's mistake).
+      throw new UsageError(`pin: ${errorMessage(err)}`, 1);
+    }
+  }
   const wanted = datasetsInComment(fromEnv ?? job?.comment ?? "");
   if (wanted.length === 0) return;
   const invalid = wanted.filter((n) => validName(n) !== undefined);
@@ -119,7 +127,7 @@ export async function pinSlurmJob(names: string[], flags: PinFlags, deps: SlurmD
       seconds = job.timeLimitSeconds ?? UNLIMITED_JOB_PIN_S;
     } catch (err) {
       // The cache is still worth warming: the epilog removes the pins when the job ends.
-      process.stderr.write(`scratch_manager: ${err instanceof Error ? err.message : String(err)}; pinning for ${UNLIMITED_JOB_PIN_S} s\n`);
+      process.stderr.write(`scratch_manager: ${errorMessage(err)}; pinning for ${UNLIMITED_JOB_PIN_S} s\n`);
     }
     const owner = flags.owner ?? `slurm-${id}`;
     const until = deps.now() + seconds * 1000;
