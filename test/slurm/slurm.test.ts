@@ -18,7 +18,9 @@ const TOP = fileURLToPath(new URL("../../../", import.meta.url));
 const MB = 1024 * 1024;
 
 /** Where Slurm and munge keep things by default: the test must leave them as it found them. */
-const SYSTEM_PLACES = ["/etc/munge", "/etc/slurm", "/run/munge", "/run/slurm", "/var/lib/munge", "/var/lib/slurm", "/var/log/munge", "/var/log/slurm", "/var/spool/slurmd", "/var/spool/slurmctld", "/var/run/munge", "/dev/shm"];
+const SYSTEM_PLACES = ["/etc/munge", "/etc/slurm", "/run/munge", "/run/slurm", "/var/lib/munge", "/var/lib/slurm", "/var/log/munge", "/var/log/slurm", "/var/spool/slurmd", "/var/spool/slurmctld"];
+/** Shared directories where only names of Slurm's or munge's are looked at (others' programs use them too). */
+const SHARED_PLACES = ["/dev/shm", "/run", "/tmp", "/var/tmp"];
 
 function listing(): string[] {
   const out: string[] = [];
@@ -28,6 +30,8 @@ function listing(): string[] {
     if (depth > 0 && statSync(p).isDirectory()) for (const e of readdirSync(p)) walk(path.join(p, e), depth - 1);
   };
   for (const p of SYSTEM_PLACES) walk(p, 3);
+  // smtest-*: the test roots of test/integration/harness.ts, this one's included, which withRoot checks and removes.
+  for (const dir of SHARED_PLACES) for (const e of readdirSync(dir)) if (/slurm|munge/i.test(e) && !e.startsWith("smtest-")) out.push(path.join(dir, e));
   return out;
 }
 
