@@ -82,6 +82,11 @@ install -D -m 0644 "$out/man/scratch_manager.8" "$root/usr/share/man/man8/scratc
 for f in "$here"/slurm/*.sh; do
   [[ -e $f ]] && install -D -m 0755 "$f" "$root/usr/share/scratch_manager/slurm/${f##*/}"
 done
+# Prometheus alerting rules and the Grafana dashboard, for the monitoring hosts to take.
+for f in "$here"/prometheus/*.yml "$here"/grafana/*.json; do
+  rel=${f#"$here"/}
+  install -D -m 0644 "$f" "$root/usr/share/scratch_manager/$rel"
+done
 gzip -9n "$root/usr/share/man/man8/scratch_manager.8"
 # A native package's changelog: one entry for this build.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -114,7 +119,7 @@ if [[ -z ${SM_SKIP_RPM:-} ]]; then
   mkdir -p "$topdir"/{SOURCES,SPECS,BUILD,BUILDROOT,RPMS,SRPMS}
   cp "$bundle/scratch_manager.mjs" "$here/scratch_manager" scratch_manager.service scratch_manager.conf \
     "$out/man/scratch_manager.8" README.md LICENSE.txt "$bundle/THIRD-PARTY-LICENSES.txt" "$topdir/SOURCES/"
-  tar -C "$here" -cf "$topdir/SOURCES/slurm.tar" slurm
+  tar -C "$here" -cf "$topdir/SOURCES/share.tar" slurm prometheus grafana
   sed -e "s|@RPM_VERSION@|$pkgversion|" -e "s|@LICENSE@|$(cat "$bundle/license-expression")|" \
     "$here/rpm/scratch-manager.spec.in" >"$topdir/SPECS/scratch-manager.spec"
   # --nodeps: the build host's rpm database is empty on Debian; the spec has no

@@ -2,9 +2,10 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { pinCommand, unpinCommand } from "./commands/pin.js";
-import { runCommand } from "./commands/run.js";
+import { runCommand, type RunFlags } from "./commands/run.js";
 import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
+import { isJournalStream } from "./log.js";
 
 /** Set by packaging/bundle.mjs (esbuild --define): the bundle has no package.json beside it. */
 declare const SCRATCH_MANAGER_VERSION: string | undefined;
@@ -15,16 +16,14 @@ function version(): string {
   return pkg.version;
 }
 
-export function buildProgram(): Command {
-  const program = new Command("scratch_manager")
-    .description("Mount dataset images from shared storage and cache the most read ones on local SSD.")
-    .version(version())
-    .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(str) });
-
-  program
-    .command("run", { isDefault: true })
-    .description("run the daemon (the default command)")
+/**
+ * The daemon's flags, as the original's (`--config/-c`, `--datadir`, ...,
+ * `--verbose/-v`). They are the program's own, so that `scratch_manager
+ * --help` lists them next to the commands, as the original's help did, and
+ * `scratch_manager -c FILE -v` runs the daemon; `run` takes them too.
+ */
+function daemonOptions(command: Command): Command {
+  return command
     .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf, if it exists)")
     .option("--datadir <dir>", "directory of dataset images (shared, slow storage)")
     .option("--cachedir <dir>", "directory for cached copies (local, fast storage)")
@@ -33,8 +32,30 @@ export function buildProgram(): Command {
     .option("--period <seconds>", "sliding window of the read statistics (default 1200)")
     .option("--interval <seconds>", "seconds between two passes of the loop (default 5)")
     .addOption(new Option("--naming <rule>", "mount name of an image file (default first-dot)").choices(["first-dot", "strip-extension"]))
-    .option("-v, --verbose", "log debug lines too")
-    .action(runCommand);
+    .option("-v, --verbose", "log debug lines too");
+}
+
+export function buildProgram(): Command {
+  const program = new Command("scratch_manager")
+    .description("Mount dataset images from shared storage and cache the most read ones on local SSD.\nWith no command, run the daemon with these options.")
+    .usage("[options] | <command> [options]")
+    .version(version())
+    // A command's own options come after its name: `status -c FILE` is status's -c, not the daemon's.
+    .enablePositionalOptions()
+    // `scratch_manager help status`, which a root with an action of its own would not offer by itself.
+    .helpCommand(true)
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(str) });
+  daemonOptions(program)
+    // Commander would call a stray word "too many arguments"; it is a mistyped command.
+    .allowExcessArguments()
+    .action(async (flags: RunFlags, command: Command) => {
+      const stray = command.args[0];
+      if (stray !== undefined) throw new UsageError(`unknown command ${JSON.stringify(stray)}; see scratch_manager --help`);
+      await runCommand(flags);
+    });
+
+  daemonOptions(program.command("run").description("run the daemon (what the program does with no command)")).action(runCommand);
 
   program
     .command("status")
@@ -54,6 +75,7 @@ export function buildProgram(): Command {
     .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin (default: admin)")
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
+    .option("--slurm-job <id>", "pin the datasets Slurm job <id> names in its comment (datasets:a,b) for its time limit, as owner slurm-<id> (the Slurm prolog)")
     .action(pinCommand);
 
   program
@@ -77,11 +99,15 @@ export async function main(argv: string[]): Promise<number> {
       // --help and --version end here too, with exit code 0.
       return err.exitCode === 0 ? 0 : 2;
     }
+    // Under systemd, an error that stops the daemon is found by `journalctl -p err` too.
+    const prefix = isJournalStream(process.env, 2) ? "<3>" : "";
     if (err instanceof UsageError) {
-      process.stderr.write(`scratch_manager: ${err.message}\n`);
+      process.stderr.write(`${prefix}scratch_manager: ${err.message}\n`);
       return err.exitCode;
     }
-    process.stderr.write(`scratch_manager: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    // One entry: journald would give each line of a stack its own, at the default priority.
+    const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    process.stderr.write(`${prefix}scratch_manager: ${prefix ? text.replace(/\n\s*/g, " | ") : text}\n`);
     return 1;
   }
 }

@@ -3,6 +3,7 @@ import path from "node:path";
 import ini from "ini";
 import { errnoCode, UsageError } from "./errors.js";
 import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
+import { LOG_FORMATS, type LogFormat } from "./log.js";
 import { validName } from "./names.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
@@ -62,6 +63,8 @@ export interface Config {
   metricsFile?: string;
   /** HOST:PORT of the HTTP metrics endpoint, if set (checked by parseHostPort). */
   metricsListen?: string;
+  /** How log lines are written (LOG_FORMATS): journal, json, or auto (journal under systemd). */
+  logFormat: LogFormat;
   verbose: boolean;
 }
 
@@ -90,6 +93,7 @@ export const CONFIG_KEYS = [
   "policy",
   "metrics_file",
   "metrics_listen",
+  "log_format",
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -117,6 +121,7 @@ const DEFAULTS: RawConfig = {
   policy: "adaptive",
   metrics_file: "",
   metrics_listen: "",
+  log_format: "auto",
 };
 
 function bad(key: string, value: string, forms: string): UsageError {
@@ -207,6 +212,7 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     policy: oneOf("policy", (merged.policy as string).trim(), POLICIES),
     metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
     metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen), merged.metrics_listen.trim()) : undefined,
+    logFormat: oneOf("log_format", (merged.log_format as string).trim(), LOG_FORMATS),
     verbose,
   };
 }

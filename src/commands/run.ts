@@ -1,7 +1,7 @@
 import { loadConfig, type Config, type RawConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { errorMessage, UsageError } from "../errors.js";
-import { createLogger } from "../log.js";
+import { createLogger, LogDestination, resolveLogFormat } from "../log.js";
 import { formatBytes } from "../units.js";
 
 export interface RunFlags {
@@ -29,6 +29,7 @@ function describe(config: Config): Record<string, unknown> {
     maxIdle: config.maxIdle,
     maxCopies: config.maxCopies,
     policy: config.policy,
+    logFormat: config.logFormat,
   };
 }
 
@@ -48,7 +49,8 @@ export async function runCommand(flags: RunFlags): Promise<void> {
   };
   const load = () => loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
   const config = await load();
-  const logger = createLogger(config.verbose);
+  const destination = new LogDestination(resolveLogFormat(config.logFormat));
+  const logger = createLogger(config.verbose, destination);
   // Cache files and mount points are created readable by all, writable by root only.
   process.umask(0o022);
   const daemon = new Daemon({ config, logger });
@@ -79,6 +81,7 @@ export async function runCommand(flags: RunFlags): Promise<void> {
         }
       }
       daemon.reconfigure(next);
+      destination.format = resolveLogFormat(next.logFormat);
       logger.info(describe(next), "configuration reloaded");
     } catch (err) {
       logger.error({ err: errorMessage(err) }, "configuration reload rejected; keeping the current one");

@@ -88,6 +88,7 @@ export class Metrics {
   private readonly dirUp: Record<DirName, Gauge>;
   private readonly dirLastScan: Record<DirName, Gauge>;
   private readonly dirReason: Gauge<"dir" | "reason">;
+  private readonly problems: Gauge;
 
   /** The previous report's totals, per dataset, to turn totals into increments. */
   private readonly previousRead = new Map<string, Totals>();
@@ -139,6 +140,7 @@ export class Metrics {
       registers,
     });
     this.lastUpdate = gauge("status_timestamp_seconds", "When the daemon wrote the status these metrics come from (Unix time), to alert on a stuck daemon.");
+    this.problems = gauge("problems", "Conditions listed under problems in scratch_manager status (pins that do not fit, pins of unknown datasets, name conflicts, ...), to alert on.");
 
     this.dirUp = {
       datadir: gauge("datadir_up", "1 when the last scan of the data directory (shared storage) was believed, 0 while it is unavailable (not answering, I/O errors, another file system, images vanished)."),
@@ -202,6 +204,7 @@ export class Metrics {
       if (c.lastGoodScanAt !== undefined) this.dirLastScan[c.dir].set(c.lastGoodScanAt / 1000);
       for (const reason of DIR_REASONS) this.dirReason.set({ dir: c.dir, reason }, reason === c.reason ? 1 : 0);
     }
+    this.problems.set(report.problems.length);
   }
 
   private updateDataset(d: DatasetStatus): void {

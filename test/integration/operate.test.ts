@@ -196,43 +196,4 @@ test("max_copies bounds concurrent copies and copy_bwlimit throttles each", asyn
   });
 });
 
-test("the Slurm prolog pins the datasets a job names for its time limit, the epilog removes that job's pins only", async () => {
-  await withRoot("slurm", async (root, track) => {
-    for (const name of ["coco", "imagenet", "other"]) makeImage(root, path.join(root.data, `${name}.sqfs`), { "data.bin": 2 * MB });
-    const conf = path.join(root.root, "scratch_manager.conf");
-    const d = track(Daemon.start(root, { capacity: "64MB", ...dirs(root) }));
-    await waitUntil("mounted", () => stackAt(path.join(root.mnt, "coco")).length === 1);
-    // Another owner's pin of coco must survive the job's epilog.
-    assert.equal(cli(["pin", "coco", "--owner", "admin", "-c", conf]).status, 0);
-    const bin = path.join(root.root, "slurm-bin");
-    mkdirSync(bin);
-    writeFileSync(
-      path.join(bin, "scontrol"),
-      `#!/bin/sh\n[ "$1 $2 $3" = "show job 4711" ] || exit 1\necho "JobId=4711 JobName=train UserId=alice(1000) GroupId=alice(1000)"\necho "   Priority=1 Comment=datasets:coco,imagenet TimeLimit=1-02:03:04 TimeMin=N/A"\n`,
-      { mode: 0o755 },
-    );
-    const top = path.resolve(path.dirname(CLI), "../..");
-    // The scripts call scratch_manager, which reads /etc/scratch_manager.conf; here, the test's.
-    writeFileSync(path.join(bin, "scratch_manager"), `#!/bin/sh\nexec ${process.execPath} ${CLI} "$@" -c ${conf}\n`, { mode: 0o755 });
-    const env = { ...process.env, PATH: `${bin}:${process.env.PATH ?? ""}`, SLURM_JOB_ID: "4711" };
-    const before = Date.now();
-    const prolog = spawnSync("sh", [path.join(top, "packaging/slurm/prolog.sh")], { env, encoding: "utf8" });
-    assert.equal(prolog.status, 0, prolog.stderr);
-    const pins = (JSON.parse(readFileSync(path.join(dirs(root).state_dir, "pins.json"), "utf8")) as { pins: { name: string; owner: string; until?: number }[] }).pins;
-    const jobPins = pins.filter((p) => p.owner === "slurm-4711");
-    assert.deepEqual(jobPins.map((p) => p.name).sort(), ["coco", "imagenet"]);
-    const limit = ((24 + 2) * 60 + 3) * 60 + 4;
-    for (const p of jobPins) assert.ok(Math.abs((p.until ?? 0) - before - limit * 1000) < 10_000, `pinned for the time limit: ${String(p.until)}`);
-    await waitUntil("both cached without a read", () => stackAt(path.join(root.mnt, "coco")).length === 2 && stackAt(path.join(root.mnt, "imagenet")).length === 2);
-    assert.equal(stackAt(path.join(root.mnt, "other")).length, 1);
-    const epilog = spawnSync("sh", [path.join(top, "packaging/slurm/epilog.sh")], { env, encoding: "utf8" });
-    assert.equal(epilog.status, 0, epilog.stderr);
-    const after = (JSON.parse(readFileSync(path.join(dirs(root).state_dir, "pins.json"), "utf8")) as { pins: { name: string; owner: string }[] }).pins;
-    assert.deepEqual(after.map((p) => [p.name, p.owner]), [["coco", "admin"]]);
-    // A job without a datasets comment: nothing pinned, exit 0.
-    writeFileSync(path.join(bin, "scontrol"), `#!/bin/sh\necho "JobId=4712 Comment=(null) TimeLimit=01:00:00"\n`, { mode: 0o755 });
-    assert.equal(spawnSync("sh", [path.join(top, "packaging/slurm/prolog.sh")], { env: { ...env, SLURM_JOB_ID: "4712" } }).status, 0);
-    assert.ok(!readFileSync(path.join(dirs(root).state_dir, "pins.json"), "utf8").includes("slurm-4712"));
-    assert.equal(d.child.exitCode, null);
-  });
-});
+// The Slurm prolog and epilog run under a real Slurm in test/slurm/slurm.test.ts.

@@ -207,11 +207,17 @@ check "the .deb depends on nodejs (>= 18), rsync and mount" \
   grep -q 'nodejs (>= 18), rsync, mount' <<<"$deb_depends"
 check "the .deb marks /etc/scratch_manager.conf as a conffile" \
   test "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/scratch_manager.conf
+shared_files="/usr/share/scratch_manager/slurm/prolog.sh /usr/share/scratch_manager/slurm/epilog.sh
+/usr/share/scratch_manager/prometheus/scratch_manager.rules.yml /usr/share/scratch_manager/grafana/scratch_manager.json"
+deb_files=$(dpkg-deb -c "$deb" | awk '{ print substr($6, 2) }')
+for f in $shared_files; do
+  check "the .deb has $f" grep -qx "$f" <<<"$deb_files"
+done
 
 echo "== rpm -qp"
 rpm_files=$(rpm -qlp "$rpmfile" 2>/dev/null)
 for f in /usr/bin/scratch_manager /usr/lib/systemd/system/scratch_manager.service /etc/scratch_manager.conf \
-  /usr/lib/scratch_manager/scratch_manager.mjs /usr/share/doc/scratch-manager/README.md; do
+  /usr/lib/scratch_manager/scratch_manager.mjs /usr/share/doc/scratch-manager/README.md $shared_files; do
   check "rpm -qlp lists $f" grep -qx "$f" <<<"$rpm_files"
 done
 check "rpm -qp --configfiles is /etc/scratch_manager.conf" test "$(rpm -qp --configfiles "$rpmfile" 2>/dev/null)" = /etc/scratch_manager.conf
@@ -309,6 +315,11 @@ else
   nok "apt-get install $(basename "$deb")"
   exit 1
 fi
+if command -v promtool >/dev/null; then
+  check "promtool check rules accepts the installed /usr/share/scratch_manager/prometheus/scratch_manager.rules.yml" \
+    quiet promtool check rules /usr/share/scratch_manager/prometheus/scratch_manager.rules.yml
+fi
+check "the installed dashboard is JSON" quiet node -e 'JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"))' /usr/share/scratch_manager/grafana/scratch_manager.json
 check "/usr/bin/scratch_manager --version is package.json's ($version)" test "$(/usr/bin/scratch_manager --version 2>&1)" = "$version"
 check "the unit is known to systemd without a manual daemon-reload (postinst)" test "$(prop scratch_manager.service LoadState)" = loaded
 check "the unit is not enabled by the installation" test "$(sctl is-enabled scratch_manager.service 2>/dev/null)" = disabled
@@ -392,14 +403,16 @@ mounts_at() { # target -> "mountID source" of each mount there, bottom first, as
   awk -v t="$1" '$5 == t { for (i = 7; $i != "-"; i++); print $1, $(i + 2) }' "/proc/$sd/mountinfo"
 }
 journal() { ns journalctl -q --no-pager -o cat -u scratch_manager; }
-count_msg() { journal | grep -c "\"msg\":\"$1\""; }
+# Under systemd the daemon writes "<6>message key=value ..." (log_format = auto):
+# journald takes the priority and keeps "message key=value ...".
+count_msg() { journal | grep -c -E "^$1( |\$)"; }
+logged() { journal | grep -E "^$1( |\$)" | grep -E "(^| )dataset=$2( |\$)" >/dev/null; } # message dataset
 
 echo "== dropping a squashfs image into datadir"
 check "mksquashfs + mv into datadir" make_image ds
 mounted() { [[ -n $(mounts_at "$root/mnt/ds") ]]; }
 check "the image is mounted at mountdir/ds, in PID 1's mount namespace" wait_for 20 mounted
-logged_mount() { journal | grep '"msg":"mounted image"' | grep "\"dataset\":\"$1\"" >/dev/null; }
-check "journalctl -u scratch_manager shows the \"mounted image\" event" wait_for 5 logged_mount ds
+check "journalctl -u scratch_manager shows the \"mounted image\" event" wait_for 5 logged "mounted image" ds
 check "mountdir/ds is readable: README" test "$(ns cat "$root/mnt/ds/README" 2>/dev/null)" = "dataset ds"
 # Type=notify: systemctl start returned once READY=1 came; each tick then sends STATUS= and WATCHDOG=1.
 status_text() { [[ $(prop scratch_manager.service StatusText) == "1 datasets, "*"% of "* ]]; }
@@ -433,7 +446,7 @@ echo "== operating it: systemctl reload, scratch_manager status and pin"
 bundle=/usr/lib/scratch_manager/scratch_manager.mjs
 check "systemctl reload scratch_manager (ExecReload: SIGHUP)" sctl reload scratch_manager
 if grep -q "configuration reloaded" "$bundle"; then
-  logged_reload() { journal | grep '"msg":"configuration reloaded"' >/dev/null; }
+  logged_reload() { journal | grep -E '^configuration reloaded( |$)' >/dev/null; }
   check "journalctl -u scratch_manager shows \"configuration reloaded\"" wait_for 10 logged_reload
 fi
 check "the unit is still active after the reload" active
@@ -446,16 +459,30 @@ if ns /usr/bin/scratch_manager pin --help >/dev/null 2>&1; then
     quiet ns /usr/bin/scratch_manager pin ds --owner packaging-test
 fi
 
+echo "== logs as journald expects them: a priority per line, key=value fields"
+# sd-daemon(3) prefixes: journald strips "<N>" and files the line at that
+# priority; a JSON line or a visible prefix would mean it did not.
+not_json() { ! journal | grep -E '^(<[0-9]>|\{"level")' >/dev/null; }
+check "the daemon's lines reach the journal as \"message key=value\", neither JSON nor a visible <N>" not_json
+warnings() { ns journalctl -q --no-pager -o cat -u scratch_manager -p warning; }
+check "scratch_manager pin nosuch (a dataset that does not exist: a warning)" quiet ns /usr/bin/scratch_manager pin nosuch --owner packaging-test
+warned() { warnings | grep -F 'pinned dataset "nosuch" does not exist' >/dev/null; }
+check "journalctl -p warning -u scratch_manager finds the warning" wait_for 10 warned
+no_info_in_warnings() { ! warnings | grep -E '^mounted image( |$)' >/dev/null; }
+check "journalctl -p warning -u scratch_manager leaves out the info lines (\"mounted image\")" no_info_in_warnings
+info_at_info() { ns journalctl -q --no-pager -o cat -u scratch_manager -p info..info | grep -E '^mounted image( |$)' >/dev/null; }
+check "journalctl -p info..info -u scratch_manager has them" info_at_info
+check "scratch_manager unpin nosuch" quiet ns /usr/bin/scratch_manager unpin nosuch --owner packaging-test
+
 echo "== removing an image from datadir: its mount goes, and its loop device"
 check "mksquashfs + mv into datadir" make_image gone
 gone_mounted() { [[ -n $(mounts_at "$root/mnt/gone") ]]; }
 gone_unmounted() { [[ -z $(mounts_at "$root/mnt/gone") ]]; }
 no_gone_loop() { ! losetup -l -n -O BACK-FILE 2>/dev/null | grep -F "$root/data/gone.sqfs" >/dev/null; }
-logged_unmount() { journal | grep '"msg":"unmounted"' | grep "\"dataset\":\"$1\"" >/dev/null; }
 if wait_for 20 gone_mounted; then
   rm "$root/data/gone.sqfs"
   check "the image's mount is gone (umount --lazy under the unit's system call filter)" wait_for 20 gone_unmounted
-  check "journalctl -u scratch_manager shows the \"unmounted\" event" wait_for 5 logged_unmount gone
+  check "journalctl -u scratch_manager shows the \"unmounted\" event" wait_for 5 logged unmounted gone
   check "its loop device is released" wait_for 20 no_gone_loop
 else
   nok "the second image is mounted"
@@ -494,12 +521,18 @@ check "the unit is still active" active
 # A system call, capability or device the hardening denies shows up as an error.
 no_error_logged() {
   local errors
-  errors=$(journal | grep '"level":"\(error\|fatal\)"')
+  errors=$(ns journalctl -q --no-pager -o cat -u scratch_manager -p err)
   [[ -z $errors ]] && return 0
   cut -c1-300 <<<"$errors" | sed 's/^/       /'
   return 1
 }
 check "the daemon logged no error under the hardened unit" no_error_logged
+
+echo "== log_format = json: pino's JSON lines, for a log shipper"
+echo "log_format = json" >>"$conf"
+check "systemctl reload scratch_manager" sctl reload scratch_manager
+logged_json() { journal | grep -E '^\{"level":"info","time":"[^"]+".*"msg":"configuration reloaded"' >/dev/null; }
+check "the reload is logged as a JSON line, with its time" wait_for 10 logged_json
 
 if ((failed > 0)); then
   echo "== the unit's journal (last 40 lines), for the failures above"

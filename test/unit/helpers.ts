@@ -51,6 +51,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     copyBwlimit: 0,
     maxCopies: 2,
     policy: "adaptive",
+    logFormat: "json",
     verbose: false,
     ...over,
   };
