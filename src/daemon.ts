@@ -329,12 +329,12 @@ export class Daemon {
         pinned: pins.has(d.name),
         slowBytesPerSecond: r.slow,
         cacheBytesPerSecond: r.cache,
-        slowBytesRead: stats?.slow.totalBytes ?? 0,
-        cacheBytesRead: stats?.cache.totalBytes ?? 0,
+        slowBytesRead: stats?.slow.total ?? 0,
+        cacheBytesRead: stats?.cache.total ?? 0,
       };
       const until = pins.get(d.name);
       if (until !== undefined) status.pinExpiresAt = until;
-      if (stats && stats.slow.totalBytes + stats.cache.totalBytes > 0) status.lastReadAt = stats.lastReadAt;
+      if (stats && stats.slow.total + stats.cache.total > 0) status.lastReadAt = stats.lastReadAt;
       if (transfer?.state === "running" && transfer.startedAt !== undefined) {
         const doneBytes = written.get(transfer.tmpPath) ?? 0;
         status.copy = { doneBytes, totalBytes: transfer.size, startedAt: transfer.startedAt, bytesPerSecond: doneBytes / Math.max(0.001, (now - transfer.startedAt) / 1000) };

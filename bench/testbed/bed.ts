@@ -181,7 +181,8 @@ export class Bed {
    */
   async unmountUnder(dir: string): Promise<void> {
     const mine = (await this.mounts()).filter((m) => m.target === dir || m.target.startsWith(`${dir}/`)).reverse();
-    for (const m of mine) await run("umount", ["--", m.target]);
+    // Hundreds of targets per umount(8): ten thousand mounts in seconds rather than a minute of process starts.
+    for (let i = 0; i < mine.length; i += 500) await run("umount", ["--", ...mine.slice(i, i + 500).map((m) => m.target)]);
     await this.waitLoopsReleased();
   }
 

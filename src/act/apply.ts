@@ -1,8 +1,8 @@
-import { mkdir, rmdir, unlink } from "node:fs/promises";
+import { mkdir, rmdir, stat, unlink } from "node:fs/promises";
 import pMap from "p-map";
 import type { Logger } from "pino";
 import { errnoCode, errorMessage } from "../errors.js";
-import { readMountinfo, stackAt } from "../observe/mountinfo.js";
+import { majorMinorOf } from "../observe/loops.js";
 import { actionDataset, type Action } from "../plan/diff.js";
 import type { Runner } from "./exec.js";
 import { attachAndMount, lazyUnmount } from "./mounts.js";
@@ -112,8 +112,11 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
     case "unmount": {
       // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.
-      const top = stackAt(await readMountinfo(ctx.procRoot), action.target).at(-1);
-      if (top?.mountId !== action.mountId) throw new Error(`mount ${action.mountId} is no longer the top of ${action.target}; skipped`);
+      // stat() of a mount point is the root of the file system on top: its device says whose it is.
+      // (The root inode of a mounted file system is in memory: no read of a dead server.) Not
+      // /proc/self/mountinfo, whose parse costs O(mounts) per unmount: O(n^2) for many removals.
+      const top = majorMinorOf((await stat(action.target, { bigint: true })).dev);
+      if (top !== action.device) throw new Error(`mount ${action.mountId} (${action.device}) is no longer the top of ${action.target} (${top}); skipped`);
       await lazyUnmount(ctx.run, action.target, ctx.commandTimeoutMs);
       return void log.info({ dataset: action.dataset, tier: action.tier, target: action.target, reason: action.reason }, "unmounted");
     }

@@ -3,7 +3,7 @@ import { readdir, readlink, stat } from "node:fs/promises";
 import path from "node:path";
 import type { Runner } from "../act/exec.js";
 import { errnoCode } from "../errors.js";
-import { readLoopReadCounters } from "./diskstats.js";
+import { DISKSTATS_SECTOR_BYTES } from "./diskstats.js";
 
 export interface LoopDevice {
   /** "loop3" */
@@ -70,11 +70,16 @@ function readLoopDir(dir: string, name: string): LoopDevice | undefined {
   };
 }
 
-/** Every bound loop device, from sysfs. */
-export async function readLoopDevices(sysRoot = "/sys"): Promise<LoopDevice[]> {
+/**
+ * Every bound loop device, from sysfs. `known` may answer for a device
+ * without reading it (the observer's cache of devices held by a mount,
+ * which cannot change file while mounted): three sysfs files a device, ten
+ * thousand devices, each tick, were most of a quiet tick's CPU.
+ */
+export async function readLoopDevices(sysRoot = "/sys", known?: (name: string) => LoopDevice | undefined): Promise<LoopDevice[]> {
   const blockDir = path.join(sysRoot, "block");
   const names = (await readdir(blockDir)).filter((n) => /^loop\d+$/.test(n));
-  return names.map((name) => readLoopDir(path.join(blockDir, name), name)).filter((d): d is LoopDevice => d !== undefined);
+  return names.map((name) => known?.(name) ?? readLoopDir(path.join(blockDir, name), name)).filter((d): d is LoopDevice => d !== undefined);
 }
 
 /**
@@ -107,8 +112,9 @@ export function majorMinorOf(dev: bigint): string {
  * The loop device behind the top mount at `target`, with its read counter
  * now; undefined if it is not a loop mount. stat() of a mount point is the
  * root of the file system on top, and its st_dev is that file system's
- * device: no need to read /proc/self/mountinfo, which with a thousand
- * mounts made each new mount cost O(mounts) and a first start O(n^2).
+ * device: no need to read /proc/self/mountinfo; and the counter comes from
+ * the device's own /sys/block/<name>/stat, not /proc/diskstats: either
+ * would make each new mount cost O(mounts), and a first start O(n^2).
  */
 export async function readLoopAt(target: string, roots: { proc: string; sys: string }): Promise<{ device: LoopDevice; readBytes: number } | undefined> {
   let dev: bigint;
@@ -118,9 +124,19 @@ export async function readLoopAt(target: string, roots: { proc: string; sys: str
     if (errnoCode(err) === "ENOENT") return undefined;
     throw err;
   }
-  const [device, counters] = await Promise.all([readLoopDevice(majorMinorOf(dev), roots.sys), readLoopReadCounters(roots.proc)]);
-  const readBytes = device && counters.get(device.name);
+  const device = await readLoopDevice(majorMinorOf(dev), roots.sys);
+  const counters = device && readOptional(path.join(roots.sys, "block", device.name, "stat"));
+  const readBytes = counters === undefined ? undefined : parseBlockStat(counters);
   return device && readBytes !== undefined ? { device, readBytes } : undefined;
+}
+
+/**
+ * Bytes read, from /sys/block/<dev>/stat (the fields of /proc/diskstats
+ * after the name: the third is sectors read, in 512-byte units).
+ */
+export function parseBlockStat(text: string): number | undefined {
+  const sectors = Number(text.trim().split(/\s+/)[2]);
+  return Number.isSafeInteger(sectors) ? sectors * DISKSTATS_SECTOR_BYTES : undefined;
 }
 
 /** `losetup --list --json -O NAME,BACK-MAJ:MIN,BACK-INO` -> device name ("loop3") -> backing device and inode. Pure. */

@@ -5,7 +5,7 @@ import type { ScanView } from "../plan/availability.js";
 import { readLoopReadCounters, type ReadCounters } from "./diskstats.js";
 import { DirWatch } from "./dir-watch.js";
 import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
-import { readBackingIds, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
+import { readBackingIds, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
 import { readMountinfo, type MountEntry } from "./mountinfo.js";
 import { listDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, type DirStat, type Listing } from "./scan.js";
 
@@ -55,8 +55,12 @@ export interface Observation {
   mounts: MountEntry[];
   loops: Map<string, LoopDevice>;
   readBytes: ReadCounters;
-  /** datadir (its real path, once known) is a mount point now (plan/availability.ts, AssessInput.mountPoint). */
-  datadirMountPoint?: boolean;
+  /**
+   * The device of the file system mounted at datadir (its real path, once
+   * known), from /proc/self/mountinfo; null when nothing is mounted there
+   * (plan/availability.ts, AssessInput.mountPoint).
+   */
+  datadirMountDev?: string | null;
 }
 
 export interface ObserveRoots {
@@ -74,6 +78,11 @@ export interface ObserveRoots {
 export class Observer {
   private probeCache = new Map<string, { key: string; probe: Probe }>();
   private backingIds = new Map<string, { key: string; id: BackingId | undefined }>();
+  /** Loop devices held by mounts under mountdir, by "major:minor", with the mount IDs that held them (see readLoops). */
+  private heldLoops = new Map<string, { loop: LoopDevice; holders: string }>();
+  /** Bound loop devices no mount under mountdir holds (see readLoops). */
+  private unmountedLoops = new Set<string>();
+  private lastLoopScan = -Infinity;
   readonly datadir: DirWatch<DataScan>;
   readonly cachedir: DirWatch<CacheScan>;
   /** datadir's real path, once resolved (it may not exist at start); forgotten when a scan fails. */
@@ -97,19 +106,71 @@ export class Observer {
    */
   async observe(config: Config, waitMs: number, signal?: AbortSignal): Promise<Observation> {
     const timeoutMs = config.scanTimeout * 1000;
-    const [datadir, cachedir, allMounts, loopList, readBytes] = await Promise.all([
+    const machine = (async () => {
+      const allMounts = await readMountinfo(this.roots.proc);
+      const mounts = allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir);
+      const [loopList, readBytes] = await Promise.all([this.readLoops(mounts), readLoopReadCounters(this.roots.proc)]);
+      return { allMounts, mounts, loopList, readBytes };
+    })();
+    const [datadir, cachedir, { allMounts, mounts, loopList, readBytes }] = await Promise.all([
       this.datadir.poll((s) => this.scanData(config, timeoutMs, s), waitMs, signal),
       this.cachedir.poll((s) => this.scanCache(config, timeoutMs, s), waitMs, signal),
-      readMountinfo(this.roots.proc),
-      readLoopDevices(this.roots.sys),
-      readLoopReadCounters(this.roots.proc),
+      machine,
     ]);
-    const mounts = allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir);
     const real = this.datadirReal;
-    const datadirMountPoint = real === undefined ? undefined : allMounts.some((m) => m.mountPoint === real);
+    // The last entry at datadir is the mount on top (mountinfo lists mounts in creation order).
+    const datadirMountDev = real === undefined ? undefined : (allMounts.filter((m) => m.mountPoint === real).at(-1)?.majorMinor ?? null);
     const loops = new Map(loopList.map((l) => [l.majorMinor, l]));
     await this.identifyBacking(mounts, loops, timeoutMs);
-    return { now: this.clock(), datadir, cachedir, mounts, loops, readBytes, datadirMountPoint };
+    return { now: this.clock(), datadir, cachedir, mounts, loops, readBytes, datadirMountDev };
+  }
+
+  /**
+   * The loop devices this tick needs, without reading all of sysfs: with ten
+   * thousand images, three files per device per tick were most of a quiet
+   * tick's CPU. A device held by a mount under mountdir cannot be attached
+   * to another file while the same mounts (by ID) hold it: what sysfs said of
+   * it stands. A new mount's device is read through /sys/dev/block; a device
+   * its mounts let go of is watched while it stays bound (a dropped copy a
+   * reader keeps open: its space still counts, see ghostBytes). Every
+   * LOOP_FULL_SCAN_MS, and at the first tick, every device is read, for
+   * whatever else may be bound (a daemon restarted with copies held open).
+   */
+  private async readLoops(mounts: readonly MountEntry[]): Promise<LoopDevice[]> {
+    const holders = new Map<string, string>();
+    for (const m of mounts) holders.set(m.majorMinor, `${holders.get(m.majorMinor) ?? ""}${m.mountId},`);
+    const held = new Map<string, { loop: LoopDevice; holders: string }>();
+    const unmounted = new Set<string>();
+    const keep = (loop: LoopDevice) => {
+      const by = holders.get(loop.majorMinor);
+      if (by === undefined) unmounted.add(loop.majorMinor);
+      else held.set(loop.majorMinor, { loop: { ...loop, backing: undefined }, holders: by });
+    };
+    const cached = (majorMinor: string): LoopDevice | undefined => {
+      const c = this.heldLoops.get(majorMinor);
+      return c && c.holders === holders.get(majorMinor) ? { ...c.loop } : undefined;
+    };
+    let loops: LoopDevice[];
+    const now = this.clock();
+    if (now - this.lastLoopScan >= LOOP_FULL_SCAN_MS) {
+      this.lastLoopScan = now;
+      const byName = new Map([...this.heldLoops.values()].map((c) => [c.loop.name, c.loop.majorMinor]));
+      loops = await readLoopDevices(this.roots.sys, (name) => {
+        const mm = byName.get(name);
+        return mm === undefined ? undefined : cached(mm);
+      });
+    } else {
+      loops = [];
+      const wanted = new Set([...holders.keys(), ...this.unmountedLoops, ...[...this.heldLoops.keys()].filter((mm) => !holders.has(mm))]);
+      for (const mm of wanted) {
+        const loop = cached(mm) ?? (await readLoopDevice(mm, this.roots.sys));
+        if (loop) loops.push(loop);
+      }
+    }
+    for (const loop of loops) keep(loop);
+    this.heldLoops = held;
+    this.unmountedLoops = unmounted;
+    return loops;
   }
 
   /**
@@ -236,6 +297,9 @@ export function unchanged(last: Listing, dir: DirStat, listedAt: number, now: nu
   const settledBefore = listedAt - MTIME_SLACK_MS - config.interval * 1000;
   return last.entries.every((e) => e.file.startsWith(".") || e.mtimeMs < settledBefore);
 }
+
+/** How often every loop device is read from sysfs, not only those the tick needs (Observer.readLoops). */
+const LOOP_FULL_SCAN_MS = 60_000;
 
 /** Size and free space of the file system holding `dir`, through stat -f (a child, like every read of the directories). */
 export async function fsUsage(run: Runner, dir: string, timeoutMs: number, signal?: AbortSignal): Promise<FsUsage> {

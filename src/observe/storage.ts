@@ -99,6 +99,10 @@ export class Storage {
     };
 
     const dataView = observation.datadir;
+    // datadir is a mount point only if what was listed is the file system mounted there: the mount
+    // table and the scan are read at different moments (a mount landing in between).
+    const mountDev = observation.datadirMountDev;
+    const mountedNow = mountDev === undefined || dataView.kind !== "fresh" ? undefined : mountDev === dataView.result.listing.dir.dev;
     const data = assessDir({
       previous: this.data.condition,
       view: listingOf(dataView),
@@ -109,7 +113,7 @@ export class Storage {
       timeoutMs,
       vanishShare: config.vanishShare,
       confirmed: this.confirmed,
-      mountPoint: observation.datadirMountPoint === undefined ? undefined : { was: this.mountPoint, now: observation.datadirMountPoint },
+      mountPoint: mountedNow === undefined ? undefined : { was: this.mountPoint, now: mountedNow },
     });
     note(this.data.condition, data.condition);
     this.data.condition = data.condition;
@@ -118,8 +122,8 @@ export class Storage {
     if (dataView.kind === "fresh") this.confirmed = false;
     if (data.accept && dataView.kind === "fresh") {
       this.data.last = dataView.result;
-      if (observation.datadirMountPoint !== undefined && observation.datadirMountPoint !== this.mountPoint) {
-        this.mountPoint = observation.datadirMountPoint;
+      if (mountedNow !== undefined && mountedNow !== this.mountPoint) {
+        this.mountPoint = mountedNow;
         memoryChanged = true;
       }
       if (data.newDev !== undefined) {

@@ -111,6 +111,13 @@ export function massDisappearance(input: { known: ReadonlySet<string>; names: Re
   return vanished.length >= 2 && vanished.length > input.share * input.known.size ? vanished : undefined;
 }
 
+/** After a change of file system: the known images missing from it, if too many are (any, with the directory empty). */
+function movedAway(known: ReadonlySet<string>, names: ReadonlySet<string>, share: number): string[] | undefined {
+  const vanished = [...known].filter((f) => !names.has(f)).sort();
+  if (vanished.length === 0) return undefined;
+  return names.size === 0 || vanished.length > share * known.size ? vanished : undefined;
+}
+
 function listSome(names: readonly string[]): string {
   return names.length <= 3 ? names.join(", ") : `${names.slice(0, 3).join(", ")} and ${names.length - 3} more`;
 }
@@ -134,7 +141,7 @@ export function assessDir(input: AssessInput): Assessment {
       return { condition: previous, accept: false };
     }
     case "failed":
-      if (view.timedOut) return unavailable("NotResponding", view.message);
+      if (view.timedOut) return unavailable("NotResponding", `not answering (${view.message})`);
       if (view.code === "ENOENT") return unavailable("Missing", "does not exist");
       return unavailable("IOError", `${view.code}: ${view.message}`);
     case "fresh": {
@@ -144,8 +151,13 @@ export function assessDir(input: AssessInput): Assessment {
       if (input.mountPoint?.was === true && !input.mountPoint.now && !input.confirmed) {
         return unavailable("FilesystemChanged", "is no longer a mount point: the file system that was mounted there is not (confirm a move with systemctl reload scratch_manager)");
       }
-      const vanished =
-        input.vanishShare === undefined && !moved ? undefined : massDisappearance({ known: input.known, names, lastNames: moved ? undefined : input.lastNames, share: input.vanishShare ?? 0.5 });
+      // On another file system, every known image must be there but a few (deleted meanwhile): an empty
+      // directory, or one missing more than the share, is the directory beneath or another server's.
+      const vanished = moved
+        ? movedAway(input.known, names, input.vanishShare ?? 0.5)
+        : input.vanishShare === undefined
+          ? undefined
+          : massDisappearance({ known: input.known, names, lastNames: input.lastNames, share: input.vanishShare });
       if (vanished && !input.confirmed) {
         const which = `${vanished.length} of ${input.known.size} known images (${listSome(vanished)})`;
         if (moved) {

@@ -21,7 +21,7 @@ export interface TransferInfo {
 export type Action =
   | { kind: "mkdir"; key: string; dataset: string; path: string }
   | { kind: "mount"; key: string; dataset: string; tier: "slow" | "cache"; source: string; target: string; fsType: string }
-  | { kind: "unmount"; key: string; dataset: string; tier: Layer["tier"]; target: string; mountId: number; reason: string }
+  | { kind: "unmount"; key: string; dataset: string; tier: Layer["tier"]; target: string; mountId: number; device: string; reason: string }
   | { kind: "rmdir"; key: string; path: string }
   | { kind: "delete-file"; key: string; dataset?: string; path: string; reason: string }
   | { kind: "start-copy"; key: string; dataset: Dataset }
@@ -98,7 +98,7 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
     for (let j = stack.length - 1; j >= keep; j--) {
       const layer = stack[j] as Layer;
       const reason = layer.deleted ? "backing file deleted or replaced" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
-      actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, reason });
+      actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, device: layer.entry.majorMinor, reason });
     }
     if (stack.length === 0) actions.push({ kind: "mkdir", key, dataset: d.name, path: key });
     for (let j = keep; j < wanted.length; j++) {
@@ -134,7 +134,7 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
     let j = stack.length - 1;
     for (; j >= 0 && (stack[j] as Layer).tier !== "foreign"; j--) {
       const layer = stack[j] as Layer;
-      actions.push({ kind: "unmount", key: mountPoint, dataset, tier: layer.tier, target: mountPoint, mountId: layer.mountId, reason: "image removed" });
+      actions.push({ kind: "unmount", key: mountPoint, dataset, tier: layer.tier, target: mountPoint, mountId: layer.mountId, device: layer.entry.majorMinor, reason: "image removed" });
     }
     if (j < 0) actions.push({ kind: "rmdir", key: mountPoint, path: mountPoint });
     else problems.push({ key: mountPoint, dataset, message: `mount point ${mountPoint} has a mount that is not ours on top of ours; leaving it alone` });

@@ -2,7 +2,7 @@ import path from "node:path";
 import type { Config } from "../config.js";
 import type { FileEntry, Probe } from "../observe/images.js";
 import type { LoopDevice } from "../observe/loops.js";
-import { stackAt, type MountEntry } from "../observe/mountinfo.js";
+import { stacks, type MountEntry } from "../observe/mountinfo.js";
 import type { Snapshot } from "../observe/snapshot.js";
 
 /** One mount of a stack at mountdir/<name>, classified by who owns it. */
@@ -65,15 +65,15 @@ export function classify(entry: MountEntry, snapshot: Snapshot, config: Config, 
 
 /** Mount point -> its stack of layers, bottom first, for every mount point directly under mountdir. */
 export function layerStacks(snapshot: Snapshot, config: Config): Map<string, Layer[]> {
-  const stacks = new Map<string, Layer[]>();
+  const layers = new Map<string, Layer[]>();
   const images = new Map(snapshot.images.map((e) => [e.file, e]));
-  for (const mountPoint of new Set(snapshot.mounts.map((m) => m.mountPoint))) {
-    stacks.set(
+  for (const [mountPoint, stack] of stacks(snapshot.mounts)) {
+    layers.set(
       mountPoint,
-      stackAt(snapshot.mounts, mountPoint).map((e) => classify(e, snapshot, config, images)),
+      stack.map((e) => classify(e, snapshot, config, images)),
     );
   }
-  return stacks;
+  return layers;
 }
 
 /** Image paths currently mounted (not deleted) as a slow layer: they win name conflicts. */

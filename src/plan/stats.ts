@@ -2,7 +2,7 @@ import path from "node:path";
 import type { Config } from "../config.js";
 import type { Snapshot } from "../observe/snapshot.js";
 import { tierOf } from "./layers.js";
-import { ThroughputWindow } from "./window.js";
+import { TickClock, TierHistory } from "./window.js";
 
 export type Tier = "slow" | "cache";
 
@@ -15,17 +15,10 @@ export type Tier = "slow" | "cache";
  */
 export const FAST_WINDOW_SHARE = 0.25;
 
-export interface TierStats {
-  /** Bytes read through this tier since the daemon started watching the dataset. */
-  totalBytes: number;
-  window: ThroughputWindow;
-  /** Over period x FAST_WINDOW_SHARE: what the policy reads. */
-  fast: ThroughputWindow;
-}
-
 export interface DatasetStats {
-  slow: TierStats;
-  cache: TierStats;
+  /** Bytes read through each tier, and when (TierHistory.total: since the daemon started watching the dataset). */
+  slow: TierHistory;
+  cache: TierHistory;
   /** Last time (ms) either tier was read. */
   lastReadAt: number;
 }
@@ -38,10 +31,15 @@ export interface DatasetStats {
  * previous user's total), so a device seen for the first time, re-attached to
  * another file, or whose counter went backwards only sets a new baseline:
  * at most one tick of reads is missed, and no rate is negative or huge.
+ *
+ * Rates are the original's sliding window (window.ts) over `period`, and the
+ * policy's over a quarter of it, from one history per tier that records only
+ * the ticks at which the tier was read, over one clock of tick times.
  */
 export class Stats {
   private readonly datasets = new Map<string, DatasetStats>();
   private readonly devices = new Map<string, { backingFile: string; bytes: number }>();
+  private readonly clock = new TickClock();
   /** Bytes served from the cache tier since start, including datasets since removed. */
   cacheBytesServed = 0;
 
@@ -49,27 +47,26 @@ export class Stats {
 
   setPeriod(periodMs: number): void {
     this.periodMs = periodMs;
-    for (const d of this.datasets.values()) {
-      d.slow.window.periodMs = periodMs;
-      d.cache.window.periodMs = periodMs;
-      d.slow.fast.periodMs = periodMs * FAST_WINDOW_SHARE;
-      d.cache.fast.periodMs = periodMs * FAST_WINDOW_SHARE;
-    }
   }
 
   get(name: string): DatasetStats | undefined {
     return this.datasets.get(name);
   }
 
+  private get now(): number {
+    return this.clock.count - 1;
+  }
+
   rate(name: string): { slow: number; cache: number } {
     const d = this.datasets.get(name);
-    return d ? { slow: d.slow.window.rate(), cache: d.cache.window.rate() } : { slow: 0, cache: 0 };
+    return d ? { slow: d.slow.rate(this.clock, this.now, this.periodMs), cache: d.cache.rate(this.clock, this.now, this.periodMs) } : { slow: 0, cache: 0 };
   }
 
   /** Both tiers over the fast window, bytes/s: the rate the policy plans with. */
   fastRate(name: string): number {
     const d = this.datasets.get(name);
-    return d ? d.slow.fast.rate() + d.cache.fast.rate() : 0;
+    const fast = this.periodMs * FAST_WINDOW_SHARE;
+    return d ? d.slow.rate(this.clock, this.now, fast) + d.cache.rate(this.clock, this.now, fast) : 0;
   }
 
   /**
@@ -81,19 +78,10 @@ export class Stats {
     this.devices.set(device, { backingFile, bytes });
   }
 
-  private ensure(name: string, now: number): DatasetStats {
-    let d = this.datasets.get(name);
-    if (!d) {
-      const tier = (): TierStats => ({ totalBytes: 0, window: new ThroughputWindow(this.periodMs), fast: new ThroughputWindow(this.periodMs * FAST_WINDOW_SHARE) });
-      d = { slow: tier(), cache: tier(), lastReadAt: now };
-      this.datasets.set(name, d);
-    }
-    return d;
-  }
-
   /** @param nameOfFile image file name -> dataset name (cached copies share the image's file name). */
   update(snapshot: Snapshot, config: Config, nameOfFile: ReadonlyMap<string, string>, live: Iterable<string>): void {
     const now = snapshot.now;
+    const tick = this.clock.add(now, this.periodMs);
     const deltas = new Map<string, { slow: number; cache: number }>();
     const seenDevices = new Set<string>();
     for (const loop of snapshot.loops.values()) {
@@ -114,16 +102,23 @@ export class Stats {
     for (const dev of this.devices.keys()) if (!seenDevices.has(dev)) this.devices.delete(dev);
 
     const liveNames = new Set(live);
+    const baseline = this.clock.baseline(tick, this.periodMs);
     for (const name of liveNames) {
-      const d = this.ensure(name, now);
-      const delta = deltas.get(name) ?? { slow: 0, cache: 0 };
-      d.slow.totalBytes += delta.slow;
-      d.cache.totalBytes += delta.cache;
-      if (delta.slow + delta.cache > 0) d.lastReadAt = now;
-      d.slow.window.add(now, d.slow.totalBytes);
-      d.cache.window.add(now, d.cache.totalBytes);
-      d.slow.fast.add(now, d.slow.totalBytes);
-      d.cache.fast.add(now, d.cache.totalBytes);
+      let d = this.datasets.get(name);
+      if (!d) {
+        d = { slow: new TierHistory(tick), cache: new TierHistory(tick), lastReadAt: now };
+        this.datasets.set(name, d);
+      }
+      const delta = deltas.get(name);
+      if (delta) {
+        d.slow.add(tick, delta.slow);
+        d.cache.add(tick, delta.cache);
+        if (delta.slow + delta.cache > 0) d.lastReadAt = now;
+      }
+      if (baseline !== undefined) {
+        d.slow.trim(baseline);
+        d.cache.trim(baseline);
+      }
     }
     for (const name of this.datasets.keys()) if (!liveNames.has(name)) this.datasets.delete(name);
   }

@@ -91,6 +91,12 @@ describe("assessDir: when a scan of datadir is believed", () => {
     assert.equal(a.condition.reason, "FilesystemChanged");
     assert.match(a.condition.message, /device 0:40 is now 254:0/);
   });
+  test("...even with a single known image (a race: the mount table read after the mount, the directory listed before it)", () => {
+    assert.equal(assess({ view: fresh([], "254:0"), known: new Set(["a.sqfs"]), lastNames: new Set(["a.sqfs"]) }).condition.reason, "FilesystemChanged");
+  });
+  test("on another file system, one of four images missing (deleted meanwhile): believed", () => {
+    assert.equal(assess({ view: fresh(["a.sqfs", "b.sqfs", "c.sqfs"], "0:41") }).accept, true);
+  });
   test("datadir on another file system with its images (mounted again): believed, and the new device remembered", () => {
     const a = assess({ view: fresh(four, "0:41") });
     assert.equal(a.accept, true);
@@ -135,8 +141,8 @@ describe("allowedUnder: what is done while a directory cannot be believed", () =
     { kind: "mkdir", key: d.mountPoint, dataset: d.name, path: d.mountPoint },
     { kind: "mount", key: d.mountPoint, dataset: d.name, tier: "slow", source: d.imagePath, target: d.mountPoint, fsType: "squashfs" },
     { kind: "mount", key: d.mountPoint, dataset: d.name, tier: "cache", source: d.cachePath, target: d.mountPoint, fsType: "squashfs" },
-    { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "slow", target: d.mountPoint, mountId: 1, reason: "image removed" },
-    { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "cache", target: d.mountPoint, mountId: 2, reason: "dropped from cache" },
+    { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "slow", target: d.mountPoint, mountId: 1, device: "7:1", reason: "image removed" },
+    { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "cache", target: d.mountPoint, mountId: 2, device: "7:2", reason: "dropped from cache" },
     { kind: "rmdir", key: d.mountPoint, path: d.mountPoint },
     { kind: "delete-file", key: d.cachePath, path: d.cachePath, reason: "belongs to no image" },
     { kind: "start-copy", key: d.mountPoint, dataset: d },
@@ -155,7 +161,7 @@ describe("allowedUnder: what is done while a directory cannot be believed", () =
   test("applyHolds: once a step of a mount point is held, its later steps are too; other mount points go on", () => {
     const other = dataset("imagenet");
     const list: Action[] = [
-      { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "cache", target: d.mountPoint, mountId: 2, reason: "stale cached copy" },
+      { kind: "unmount", key: d.mountPoint, dataset: d.name, tier: "cache", target: d.mountPoint, mountId: 2, device: "7:2", reason: "stale cached copy" },
       { kind: "mount", key: d.mountPoint, dataset: d.name, tier: "cache", source: d.cachePath, target: d.mountPoint, fsType: "squashfs" },
       { kind: "mount", key: other.mountPoint, dataset: other.name, tier: "cache", source: other.cachePath, target: other.mountPoint, fsType: "squashfs" },
     ];

@@ -4,7 +4,7 @@ import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { Runner } from "../../src/act/exec.js";
-import { majorMinorOf, parseBackingFile, parseLosetupBacking, readBackingIds, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
+import { majorMinorOf, parseBackingFile, parseBlockStat, parseLosetupBacking, readBackingIds, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
 import { tempDir } from "./helpers.js";
 
 describe("parseBackingFile: /sys/block/loopN/loop/backing_file", () => {
@@ -88,6 +88,13 @@ describe("readLoopDevices: bound loop devices from <sysRoot>/block", () => {
       assert.deepEqual(await readLoopDevice(d.majorMinor), d);
     }
   });
+});
+
+describe("parseBlockStat: /sys/block/<dev>/stat, the counters of /proc/diskstats after the name", () => {
+  test("sectors read (third field) in 512-byte units", () => {
+    assert.equal(parseBlockStat("     130        0     4186      102        0        0        0        0        0      108      102        0        0        0        0        0        0\n"), 4186 * 512);
+  });
+  test("not a stat line: undefined", () => assert.equal(parseBlockStat("garbage"), undefined));
 });
 
 describe("majorMinorOf: a dev_t from stat() as major:minor", () => {

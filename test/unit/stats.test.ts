@@ -39,7 +39,7 @@ function tick(stats: Stats, now: number, seen: readonly Seen[], live: readonly s
 
 function totals(stats: Stats, name: string): { slow: number; cache: number } | undefined {
   const d = stats.get(name);
-  return d && { slow: d.slow.totalBytes, cache: d.cache.totalBytes };
+  return d && { slow: d.slow.total, cache: d.cache.total };
 }
 
 function assertSaneRates(stats: Stats, names: readonly string[]): void {
@@ -249,7 +249,7 @@ describe("Stats.setPeriod: a new window without losing the counters", () => {
     assert.equal(stats.rate("coco").slow, (40 * MiB) / 65, "60 s window: baseline at 55 s");
     stats.setPeriod(20 * SECOND);
     assert.equal(stats.rate("coco").slow, (40 * MiB) / 25, "20 s window: baseline at 95 s");
-    assert.equal(stats.get("coco")?.slow.totalBytes, 40 * MiB, "totals are kept");
+    assert.equal(stats.get("coco")?.slow.total, 40 * MiB, "totals are kept");
   });
 
   test("datasets first seen after setPeriod use the new window (its half-window floor)", () => {

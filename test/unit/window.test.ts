@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ThroughputWindow } from "../../src/plan/window.js";
+import { ThroughputWindow, TickClock, TierHistory } from "../../src/plan/window.js";
+import { prng } from "./helpers.js";
 
 const SECOND = 1000;
 const MB = 1_000_000;
@@ -126,5 +127,49 @@ describe("ThroughputWindow: bytes read over the sliding window", () => {
     assert.equal(w.rate(), (40 * MB) / 65, "60 s window: baseline at 55 s");
     w.periodMs = 20 * SECOND;
     assert.equal(w.rate(), (40 * MB) / 25, "20 s window: baseline at 95 s");
+  });
+});
+
+describe("TickClock + TierHistory: the same rates as ThroughputWindow, storing only the ticks that changed", () => {
+  test("random traces (idle stretches, bursts, irregular ticks, a dataset appearing late): identical rates over the window and a quarter of it", () => {
+    const rand = prng(11);
+    for (let trace = 0; trace < 20; trace++) {
+      const periodMs = [60_000, 300_000, 1_200_000][trace % 3] as number;
+      const clock = new TickClock();
+      const starts = [0, 7, 40, 250];
+      const histories = starts.map((s) => ({ start: s, h: undefined as TierHistory | undefined, ref: new ThroughputWindow(periodMs), fastRef: new ThroughputWindow(periodMs / 4), total: 0 }));
+      let t = 0;
+      for (let i = 0; i < 600; i++) {
+        t += 4000 + Math.floor(rand() * 2000);
+        const tick = clock.add(t, periodMs);
+        const baseline = clock.baseline(tick, periodMs);
+        for (const d of histories) {
+          if (i < d.start) continue;
+          d.h ??= new TierHistory(tick);
+          const busy = Math.floor(i / 50) % 3 === 0;
+          const delta = busy && rand() < 0.7 ? Math.floor(rand() * 50 * MB) : 0;
+          d.h.add(tick, delta);
+          d.total += delta;
+          d.ref.add(t, d.total);
+          d.fastRef.add(t, d.total);
+          if (baseline !== undefined) d.h.trim(baseline);
+          assert.equal(d.h.rate(clock, tick, periodMs), d.ref.rate(), `trace ${trace} tick ${i} start ${d.start}: window`);
+          assert.equal(d.h.rate(clock, tick, periodMs / 4), d.fastRef.rate(), `trace ${trace} tick ${i} start ${d.start}: fast window`);
+        }
+      }
+    }
+  });
+
+  test("an idle dataset keeps one entry however long it lives: memory does not grow with the ticks", () => {
+    const clock = new TickClock();
+    const h = new TierHistory(clock.add(0, 60_000));
+    for (let i = 1; i < 10_000; i++) {
+      const tick = clock.add(i * 5000, 60_000);
+      h.add(tick, 0);
+      const b = clock.baseline(tick, 60_000);
+      if (b !== undefined) h.trim(b);
+    }
+    assert.equal(h.rate(clock, clock.count - 1, 60_000), 0);
+    assert.equal((h as unknown as { ticks: number[] }).ticks.length, 1);
   });
 });
