@@ -16,7 +16,7 @@ import { applyHolds, type DirCondition, type Holds } from "./plan/availability.j
 import { catalogue, type Catalog } from "./plan/catalog.js";
 import { actionDataset, diff, type Action } from "./plan/diff.js";
 import { layerStacks, mountedImages, provisionalImages, relocateDetached, tierOf } from "./plan/layers.js";
-import { readLoopAt, readLoopDevices } from "./observe/loops.js";
+import { readLoopAt, readLoopDevices, type BackingId } from "./observe/loops.js";
 import { decide } from "./plan/decide.js";
 import { budget, occupiedBytes, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
@@ -107,9 +107,11 @@ export class Daemon {
   }
 
   /**
-   * Before the first tick: the file systems datadir has been on in this
-   * boot (state/devices.ts), so that the daemon's own mounts are recognised
-   * after datadir was remounted, even across a restart.
+   * Before the first tick: release the loop devices a killed daemon had
+   * attached and not yet handed to the kernel (act/mounts.ts), and read what
+   * is remembered of datadir (state/devices.ts: the file systems it has been
+   * on in this boot, so that the daemon's own mounts are recognised after
+   * datadir was remounted, even across a restart; whether it is a mount point).
    */
   async init(): Promise<void> {
     try {
@@ -131,8 +133,12 @@ export class Daemon {
     const started = performance.now();
     const config = this.config;
 
+    // Copies as they were before cachedir was scanned: one that finishes after the scan and before
+    // diff is in neither the scan nor the pool, and would be started again (a second copy).
+    const copiesAtScan = new Map(this.transfers.all);
     // 1. Observe the machine, and this tick's scans of datadir and cachedir.
-    const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal);
+    const copying = [...this.transfers.all.values()].some((t) => t.state === "running");
+    const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal, copying);
     const now = observation.now;
     const loops = relocateDetached(observation.loops, this.storage.datadirDevices, config);
 
@@ -156,18 +162,18 @@ export class Daemon {
     const snapshot: Snapshot = { ...partial, images, probes };
     const stacks = layerStacks(snapshot, config);
 
-    // 2. Which images are datasets, which are refused, which are still being written.
+    // 3. Which images are datasets, which are refused, which are still being written.
     const catalog = catalogue(snapshot, this.previous, config, mountedImages(stacks));
     if (view.dataFresh) this.lastDatasetFiles = new Set([...catalog.datasets.values()].map((d) => d.imageFile));
     this.reportRefusals(catalog);
 
-    // 3. Read statistics over the window.
+    // 4. Read statistics over the window.
     this.stats.update(snapshot, config, catalog.nameOfFile, [...catalog.datasets.keys(), ...catalog.pending]);
 
-    // 4. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
+    // 5. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(now);
 
-    // 5. Decide (plan/decide.ts): the pins that fit, then the policy, within the budget
+    // 6. Decide (plan/decide.ts): the pins that fit, then the policy, within the budget
     //    (capacity, less copies held open, within keep_free); copies admitted into free space.
     const { capacity, keepFree, ghosts, bytes: budgetBytes } = budget(snapshot, config);
     const { cached, admitted, pinProblems } = decide({
@@ -181,7 +187,7 @@ export class Daemon {
         const last = this.stats.get(name)?.lastReadAt;
         return config.maxIdle > 0 && last !== undefined && now - last > config.maxIdle * 1000;
       },
-      copying: new Set(this.transfers.all.keys()),
+      copying: new Set([...copiesAtScan.keys(), ...this.transfers.all.keys()]),
       space: {
         capacity,
         budget: budgetBytes,
@@ -191,9 +197,9 @@ export class Daemon {
       },
     });
 
-    // 6. The difference between what is and what should be.
+    // 7. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
-    const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: this.transfers.all, frozen, admitted, ownedDirs: this.ownedDirs });
+    const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...this.transfers.all]), frozen, admitted, ownedDirs: this.ownedDirs });
     // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
     const actions = applyHolds(wanted.actions, holds);
     // Problems found against a listing that cannot be believed would be guesses: reported once it can.
@@ -203,8 +209,10 @@ export class Daemon {
       ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
     ]);
 
-    // 7. Act on it; failures put the dataset in back-off instead of blacklisting it forever.
+    // 8. Act on it, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off instead of blacklisting it forever.
     const attaching = actions.flatMap((a) => (a.kind === "mount" ? [a.source] : []));
+    // Which file each mount attaches, as this tick's scans saw it: the new loop device's backing identity.
+    const identities = new Map([...snapshot.images, ...snapshot.cacheFiles].flatMap((e) => (e.dev === undefined ? [] : [[e.path, { dev: e.dev, ino: e.ino }] as const])));
     await this.attempt("attach journal", () => this.journal.begin(attaching));
     const outcome = await act(actions, {
       run: this.run,
@@ -212,8 +220,9 @@ export class Daemon {
       logger: this.logger,
       procRoot: this.roots.proc,
       commandTimeoutMs: config.commandTimeout * 1000,
-      onMounted: (target) => this.noteAttached(target),
-      deadline: started + config.interval * 1000,
+      onMounted: (target, source) => this.noteAttached(target, source, identities),
+      // From now: a tick whose observing took longer than its interval still acts.
+      deadline: performance.now() + config.interval * 1000,
     });
     if (attaching.length > 0) await this.attempt("attach journal", () => this.journal.end());
     // Files deleted from cachedir this tick: a scan of it started before (one slower than its tick) is out of date.
@@ -233,7 +242,7 @@ export class Daemon {
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
     const ms = Math.round(performance.now() - started);
 
-    // 8. Tell: the log, the status file, metrics, systemd.
+    // 9. Tell: the log, the status file, metrics, systemd.
     const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
     report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
     if (unmounted > 0) report.mounting = { mounted: catalog.datasets.size - unmounted, total: catalog.datasets.size };
@@ -383,7 +392,7 @@ export class Daemon {
         if (config.metricsFile) await this.metrics.writeFile(config.metricsFile);
       }),
       this.attempt("metrics listener", () => this.ensureMetricsServer()),
-      this.attempt("systemd notify", () => this.notifier.send({ READY: "1", STATUS: summary, WATCHDOG: "1" })),
+      this.attempt("systemd notify", () => this.notifier.sendChanged({ READY: "1", STATUS: summary, WATCHDOG: "1" })),
     ]);
   }
 
@@ -489,11 +498,11 @@ export class Daemon {
     this.logger.info({ bytes: this.stats.cacheBytesServed }, "bytes served from cache");
   }
 
-  private async noteAttached(target: string): Promise<void> {
+  private async noteAttached(target: string, source: string, identities: ReadonlyMap<string, BackingId>): Promise<void> {
     const loop = await readLoopAt(target, this.roots);
     if (!loop) return;
     this.stats.noteAttached(loop.device.name, loop.device.backingFile, loop.readBytes);
-    this.observer.forgetBacking(loop.device.name);
+    this.observer.attached(loop.device, identities.get(source));
   }
 
   private onCopySettled(name: string, outcome: CopyOutcome): void {

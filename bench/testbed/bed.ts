@@ -180,9 +180,14 @@ export class Bed {
    * they held are released.
    */
   async unmountUnder(dir: string): Promise<void> {
-    const mine = (await this.mounts()).filter((m) => m.target === dir || m.target.startsWith(`${dir}/`)).reverse();
-    // Hundreds of targets per umount(8): ten thousand mounts in seconds rather than a minute of process starts.
-    for (let i = 0; i < mine.length; i += 500) await run("umount", ["--", ...mine.slice(i, i + 500).map((m) => m.target)]);
+    // Again while some are left: a daemon stopped while mounting may have had mounts landing after the list was taken.
+    for (let pass = 0; pass < 5; pass++) {
+      const mine = (await this.mounts()).filter((m) => m.target === dir || m.target.startsWith(`${dir}/`)).reverse();
+      if (mine.length === 0) break;
+      // Hundreds of targets per umount(8): ten thousand mounts in seconds rather than a minute of process starts.
+      for (let i = 0; i < mine.length; i += 500) await run("umount", ["--", ...mine.slice(i, i + 500).map((m) => m.target)]).catch(() => undefined);
+      await sleep(200);
+    }
     await this.waitLoopsReleased();
   }
 

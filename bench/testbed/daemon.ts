@@ -5,7 +5,7 @@
  * reset() unmounts them and empties the cache for the next run.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdir, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -126,6 +126,14 @@ export class Daemon {
       .slice(-n)
       .map((e) => JSON.stringify(e))
       .join("\n");
+  }
+
+  /** Rewrite its configuration file with these keys changed, and SIGHUP it (systemctl reload). */
+  async reload(keys: Record<string, string>): Promise<void> {
+    const lines = (await readFile(this.configFile, "utf8")).split("\n").filter((l) => l.trim() !== "");
+    const kept = lines.filter((l) => !Object.keys(keys).includes(l.split("=")[0]?.trim() ?? ""));
+    await writeFile(this.configFile, [...kept, ...Object.entries(keys).map(([k, v]) => `${k} = ${v}`)].join("\n") + "\n");
+    this.child.kill("SIGHUP");
   }
 
   /** SIGTERM (copies cancelled, mounts left in place), then SIGKILL if it lingers. */

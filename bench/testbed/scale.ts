@@ -36,13 +36,16 @@ const FAULTFS = fileURLToPath(new URL("../../../test/fixtures/faultfs.py", impor
 
 export const SCALE = {
   counts: (process.env.SM_SCALE_COUNTS ?? "1000,10000").split(",").map(Number),
+  /** While the images are mounted: the default interval, as on a node. */
+  mountIntervalS: 5,
+  /** Then, for the idle figures (changed by a reload): many ticks in little time. */
   intervalS: 0.5,
   /** 240 samples per window, as with the defaults (5 s, 1200 s), full after two minutes instead of twenty. */
   periodS: Number(process.env.SM_SCALE_PERIOD ?? 120),
   /** Ticks over which idle CPU and the file server's operations are measured. */
   ticks: 40,
   /** The daemon before the change gets this long to mount everything (quadratic: 10,000 would take tens of minutes). */
-  beforeMountCapS: Number(process.env.SM_SCALE_BEFORE_CAP ?? 300),
+  beforeMountCapS: Number(process.env.SM_SCALE_BEFORE_CAP ?? 240),
 } as const;
 
 /** The build to compare with (SM_SCALE_BEFORE=/path/to/build/src/cli.js), if any. */
@@ -162,7 +165,7 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
   await mkdir(bin, { recursive: true });
   await writeFile(path.join(bin, "systemd-notify"), `#!/bin/sh\necho "$(date +%s%3N) $*" >> ${notify}\n`, { mode: 0o755 });
   // The before-daemon knows none of the new keys.
-  const keys: Record<string, string> = { capacity: "1GB", interval: String(SCALE.intervalS), period: String(SCALE.periodS), command_timeout: "120" };
+  const keys: Record<string, string> = { capacity: "1GB", interval: String(SCALE.mountIntervalS), period: String(SCALE.periodS), command_timeout: "120" };
   const started = Date.now();
   const daemon = await Daemon.start(bed, dirs, keys, `scale-${which}-${n}`, { cli, env: { NOTIFY_SOCKET: "/run/systemd/notify-bench", PATH: `${bin}:${process.env.PATH ?? ""}` } });
   const pid = daemon.pid;
@@ -193,7 +196,8 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
       progress(`  ${which}: ${mounted} of ${n} mounted after ${SCALE.beforeMountCapS} s; the idle figures are not measured`);
       return run0;
     }
-    progress(`  ${which}: ${n} mounted in ${fixed(mountS, 1)} s; filling the windows (${SCALE.periodS} s)`);
+    progress(`  ${which}: ${n} mounted in ${fixed(mountS, 1)} s; interval ${SCALE.intervalS} s, filling the windows (${SCALE.periodS} s)`);
+    await daemon.reload({ interval: String(SCALE.intervalS) });
     await sleep(SCALE.periodS * 1000);
     const tickEvents = () => daemon.events.filter((e) => e.msg === "tick");
     const ticksBefore = tickEvents().length;
@@ -238,7 +242,10 @@ export async function scaleSuite(bed: Bed, root: string, progress: (line: string
   for (const n of SCALE.counts) {
     for (const which of BEFORE ? (["before", "after"] as const) : (["after"] as const)) {
       progress(`testbed: scale, ${n} datasets, the daemon ${which} the change`);
-      runs.push(await measure(bed, root, n, which, progress));
+      const r = await measure(bed, root, n, which, progress);
+      // Said as it comes: a later failure does not lose it.
+      progress(`  result: ${JSON.stringify(r)}`);
+      runs.push(r);
     }
   }
   const ms = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? "-" : `${fixed(x, 0)} ms`);
@@ -280,7 +287,7 @@ export async function scaleSuite(bed: Bed, root: string, progress: (line: string
       }),
   );
   return [
-    `interval ${SCALE.intervalS} s, period ${SCALE.periodS} s (240 samples per window, as with the defaults); idle figures over ${SCALE.ticks} ticks once every image was mounted and the windows were full; no dataset read. datadir: FUSE passthrough (faultfs.py --no-cache) counting every operation that reaches it.${BEFORE ? ` Before: ${BEFORE}.` : ""}`,
+    `interval ${SCALE.mountIntervalS} s (the default) while the images are mounted, then ${SCALE.intervalS} s (by a reload) with period ${SCALE.periodS} s (240 samples per window, as with the defaults); idle figures over ${SCALE.ticks} ticks once every image was mounted and the windows were full; no dataset read. datadir: FUSE passthrough (faultfs.py --no-cache) counting every operation that reaches it.${BEFORE ? ` Before: ${BEFORE}.` : ""}`,
     "",
     mountTable,
     "",

@@ -16,7 +16,7 @@ export interface ActContext {
   /** A hung mount (a dead NFS server behind the image) is cut after this long. */
   commandTimeoutMs: number;
   /** Called after each mount, so the daemon can read the new loop device's counter before jobs do. */
-  onMounted?: (target: string) => Promise<void>;
+  onMounted?: (target: string, source: string) => Promise<void>;
   /**
    * No key is started after this time (performance.now()): the steps of
    * keys left over are done by later ticks (the diff asks for them again),
@@ -108,7 +108,7 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       return;
     case "mount":
       await attachAndMount(ctx.run, action.fsType, action.source, action.target, ctx.commandTimeoutMs);
-      await ctx.onMounted?.(action.target);
+      await ctx.onMounted?.(action.target, action.source);
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
     case "unmount": {
       // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.

@@ -29,7 +29,29 @@ export function parseDiskstats(text: string, file = "/proc/diskstats", only: (de
   return counters;
 }
 
-export async function readLoopReadCounters(procRoot = "/proc"): Promise<ReadCounters> {
+/** major minor name reads merged sectors: the start of a loop device's line. */
+const LOOP_LINE = /^ *\d+ +\d+ (loop\d+) \d+ \d+ (\d+) /gm;
+
+/**
+ * The loop devices' counters only, of those `wanted`, in one pass of a
+ * regular expression over the text: a node with ten thousand images has ten
+ * thousand loop devices in /proc/diskstats, most of them not ours or not
+ * bound, and splitting every line was the largest part of a quiet tick.
+ * Lines that are not loop devices are not looked at (parseDiskstats checks
+ * the whole file).
+ */
+export function parseLoopCounters(text: string, wanted?: ReadonlySet<string>): ReadCounters {
+  const counters: ReadCounters = new Map();
+  for (const m of text.matchAll(LOOP_LINE)) {
+    const name = m[1] as string;
+    if (wanted && !wanted.has(name)) continue;
+    counters.set(name, Number(m[2]) * DISKSTATS_SECTOR_BYTES);
+  }
+  return counters;
+}
+
+export async function readLoopReadCounters(procRoot = "/proc", wanted?: ReadonlySet<string>): Promise<ReadCounters> {
   const file = path.join(procRoot, "diskstats");
-  return parseDiskstats(await readFile(file, "utf8"), file, (dev) => dev.startsWith("loop"));
+  const text = await readFile(file, "utf8");
+  return wanted ? parseLoopCounters(text, wanted) : parseDiskstats(text, file, (dev) => dev.startsWith("loop"));
 }

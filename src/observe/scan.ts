@@ -8,9 +8,11 @@
  * child process with a timeout that the runner abandons if it stays stuck in
  * the kernel after SIGKILL (act/exec.ts).
  */
+import type { Stats } from "node:fs";
+import { lstat, readdir, stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import { CommandFailedError, type Runner } from "../act/exec.js";
-import { errorMessage } from "../errors.js";
+import { errnoCode, errorMessage } from "../errors.js";
 import type { FileEntry } from "./images.js";
 import { majorMinorOf } from "./loops.js";
 
@@ -252,4 +254,58 @@ export async function readHeaders(
     }
   }
   return out;
+}
+
+/** An error of an in-process call on the local disk, as a ScanError with its errno code. */
+function localFailure(err: unknown, what: string): ScanError {
+  const code = errnoCode(err) ?? "EIO";
+  return new ScanError(code, `${what}: ${errorMessage(err)}`);
+}
+
+function direntType(st: Stats): FileEntry["type"] {
+  return st.isFile() ? "file" : st.isDirectory() ? "directory" : st.isSymbolicLink() ? "symlink" : "other";
+}
+
+/** stat() of a directory of the local disk (cachedir), in the daemon's threads. Throws ScanError. */
+export async function statLocal(dir: string): Promise<DirStat> {
+  try {
+    const st = await stat(dir, { bigint: true });
+    return { dev: majorMinorOf(st.dev), ino: Number(st.ino), mtimeMs: Number(st.mtimeNs / 1000n) / 1000, ctimeMs: Number(st.ctimeNs / 1000n) / 1000 };
+  } catch (err) {
+    throw localFailure(err, `stat of ${dir}`);
+  }
+}
+
+/** Size and free space of the local file system holding `dir`. Throws ScanError. */
+export async function statfsLocal(dir: string): Promise<{ totalBytes: number; freeBytes: number }> {
+  try {
+    const st = await statfs(dir);
+    return { totalBytes: st.blocks * st.bsize, freeBytes: st.bavail * st.bsize };
+  } catch (err) {
+    throw localFailure(err, `statfs of ${dir}`);
+  }
+}
+
+/** Every entry of a directory of the local disk, lstat'ed, as listDirectory gives them; entries that vanish meanwhile are skipped. Throws ScanError. */
+export async function listLocalDirectory(dir: string): Promise<Listing> {
+  try {
+    const [self, names] = await Promise.all([statLocal(dir), readdir(dir)]);
+    const entries: FileEntry[] = [];
+    for (const file of names.sort()) {
+      const full = path.join(dir, file);
+      let st: Stats;
+      try {
+        st = await lstat(full);
+      } catch (err) {
+        if (errnoCode(err) === "ENOENT") continue;
+        throw err;
+      }
+      entries.push({ file, path: full, type: direntType(st), size: st.size, mtimeMs: Math.round(st.mtimeMs * 1000) / 1000, ino: st.ino, dev: self.dev });
+    }
+    entries.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+    return { dir: self, entries };
+  } catch (err) {
+    if (err instanceof ScanError) throw err;
+    throw localFailure(err, `listing ${dir}`);
+  }
 }

@@ -7,7 +7,7 @@ import { DirWatch } from "./dir-watch.js";
 import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
 import { readBackingIds, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
 import { readMountinfo, type MountEntry } from "./mountinfo.js";
-import { listDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, type DirStat, type Listing } from "./scan.js";
+import { listDirectory, listLocalDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, statfsLocal, statLocal, type DirStat, type Listing } from "./scan.js";
 
 export interface FsUsage {
   totalBytes: number;
@@ -87,6 +87,8 @@ export class Observer {
   readonly cachedir: DirWatch<CacheScan>;
   /** datadir's real path, once resolved (it may not exist at start); forgotten when a scan fails. */
   private datadirReal?: string;
+  /** The last listing of cachedir and when it was made. */
+  private lastCacheListing?: { listing: Listing; at: number };
   /** The last full listing of datadir and when it was made (see unchanged). */
   private lastListing?: { scan: DataScan; at: number };
 
@@ -104,17 +106,18 @@ export class Observer {
    * @param waitMs how long this tick waits for a scan of each directory; one
    *   that takes longer is taken by a later tick (see DirWatch.poll).
    */
-  async observe(config: Config, waitMs: number, signal?: AbortSignal): Promise<Observation> {
+  async observe(config: Config, waitMs: number, signal?: AbortSignal, copying = false): Promise<Observation> {
     const timeoutMs = config.scanTimeout * 1000;
     const machine = (async () => {
       const allMounts = await readMountinfo(this.roots.proc);
       const mounts = allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir);
-      const [loopList, readBytes] = await Promise.all([this.readLoops(mounts), readLoopReadCounters(this.roots.proc)]);
+      const loopList = await this.readLoops(mounts);
+      const readBytes = await readLoopReadCounters(this.roots.proc, new Set(loopList.map((l) => l.name)));
       return { allMounts, mounts, loopList, readBytes };
     })();
     const [datadir, cachedir, { allMounts, mounts, loopList, readBytes }] = await Promise.all([
       this.datadir.poll((s) => this.scanData(config, timeoutMs, s), waitMs, signal),
-      this.cachedir.poll((s) => this.scanCache(config, timeoutMs, s), waitMs, signal),
+      this.cachedir.poll(() => this.scanCache(config, copying), waitMs, signal),
       machine,
     ]);
     const real = this.datadirReal;
@@ -180,7 +183,7 @@ export class Observer {
    * the kernel's eyes, without " (deleted)", and a file system detached with
    * `umount -l` names its files from its own root. A device keeps its file
    * while attached: read once (one losetup for all new ones), remembered
-   * until it is detached or attached again (forgetBacking).
+   * until it is detached or attached again (attached()).
    */
   private async identifyBacking(mounts: readonly MountEntry[], loops: Map<string, LoopDevice>, timeoutMs: number): Promise<void> {
     const wanted: LoopDevice[] = [];
@@ -208,9 +211,17 @@ export class Observer {
     }
   }
 
-  /** A device the daemon has just attached: what was remembered of it belongs to its previous file. */
-  forgetBacking(device: string): void {
-    this.backingIds.delete(device);
+  /**
+   * A device the daemon has just attached to a file, whose device and inode
+   * the tick's scan gave (undefined: unknown, asked of losetup next tick).
+   * Told here so that a first start with thousands of mounts does not run
+   * `losetup --list` over every device at every tick.
+   */
+  attached(device: LoopDevice, id: BackingId | undefined): void {
+    if (id) this.backingIds.set(device.name, { key: device.backingFile, id });
+    else this.backingIds.delete(device.name);
+    // Mount IDs and loop devices are both reused (lowest free): the same pair may now stand for another file.
+    this.heldLoops.delete(device.majorMinor);
   }
 
   /**
@@ -263,10 +274,28 @@ export class Observer {
     return { listing, probes, realPath, listed: true };
   }
 
-  private async scanCache(config: Config, timeoutMs: number, signal?: AbortSignal): Promise<CacheScan> {
-    const listing = await listDirectory(this.run, config.cachedir, timeoutMs, signal);
-    const fs = await fsUsage(this.run, config.cachedir, timeoutMs, signal);
-    return { listing, fs };
+  /**
+   * One scan of cachedir. It is the local disk, which the daemon itself
+   * writes: read in the daemon's own threads (its DirWatch still keeps them to
+   * one at a time), the directory and its file system stat'ed each tick, its
+   * entries listed only when it changed, while copies write into it (their
+   * temporary files grow: progress, space), and every rescan_interval.
+   * Two child processes a tick were a fifth of a quiet tick's CPU.
+   */
+  private async scanCache(config: Config, copying: boolean): Promise<CacheScan> {
+    try {
+      const [dir, fs] = await Promise.all([statLocal(config.cachedir), statfsLocal(config.cachedir)]);
+      const last = this.lastCacheListing;
+      if (!copying && last && unchanged(last.listing, dir, last.at, this.clock(), { ...config, interval: 0 })) {
+        return { listing: { ...last.listing, dir }, fs };
+      }
+      const listing = await listLocalDirectory(config.cachedir);
+      this.lastCacheListing = { listing, at: this.clock() };
+      return { listing, fs };
+    } catch (err) {
+      this.lastCacheListing = undefined;
+      throw err;
+    }
   }
 }
 

@@ -456,10 +456,7 @@ export async function teardown(root: TestRoot, daemon?: Daemon): Promise<LoopRow
   // A hanging file system would hold every reader, unmount and loop release below.
   for (const f of fuse) writeFileSync(f.control, "ok\n");
   await stopReaders();
-  if (daemon) {
-    daemon.killAll();
-    await daemon.exit().catch(() => undefined);
-  }
+  if (daemon) await teardownDaemon(daemon);
   // Top first; again while some remain (a stack unmounted from the top shows its next layer).
   for (let pass = 0; pass < 5 && mountsUnder(root.root).length > 0; pass++) {
     for (const row of mountsUnder(root.root).reverse()) {
@@ -511,7 +508,17 @@ export async function withRoot(label: string, body: (root: TestRoot, track: (d: 
   if (mountsUnder(root.root).length > 0) throw new Error(`mounts left under ${root.root}`);
 }
 
+/**
+ * As systemd stops it: SIGTERM, so that an attach in flight ends with its
+ * detach (a device killed between the two is released only by the next
+ * start, from its journal: a test of its own); then SIGKILL to whatever of
+ * its group is left.
+ */
 async function teardownDaemon(d: Daemon): Promise<void> {
+  if (d.child.exitCode === null && d.child.signalCode === null) {
+    d.signal("SIGTERM");
+    await d.exit(10_000).catch(() => undefined);
+  }
   d.killAll();
   await d.exit().catch(() => undefined);
 }

@@ -130,14 +130,15 @@ test("metrics: Prometheus text over HTTP and in a file for node_exporter, per da
   });
 });
 
-test("systemd notify: READY=1 after the first tick, STATUS= a summary and WATCHDOG=1 each tick, through systemd-notify", async () => {
+test("systemd notify: READY=1 after the first tick, STATUS= a summary and WATCHDOG=1 when it changes and every half watchdog period, through systemd-notify", async () => {
   await withRoot("notify", async (root, track) => {
     makeImage(root, path.join(root.data, "coco.sqfs"), { "data.bin": MB });
     const sent = path.join(root.root, "notify.log");
     const d = new Daemon(root, {
       config: Daemon.standardConfig(root, dirs(root)),
       bin: { "systemd-notify": `echo "$NOTIFY_SOCKET $*" >> ${sent}` },
-      env: { NOTIFY_SOCKET: "/run/systemd/notify-test" },
+      // As systemd sets it with WatchdogSec=1: the message is repeated every 0.5 s even when unchanged.
+      env: { NOTIFY_SOCKET: "/run/systemd/notify-test", WATCHDOG_USEC: "1000000" },
     });
     track(d);
     await waitUntil("notifications", () => existsSync(sent) && readFileSync(sent, "utf8").split("\n").length > 3);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { DISKSTATS_SECTOR_BYTES, parseDiskstats, readLoopReadCounters } from "../../src/observe/diskstats.js";
+import { DISKSTATS_SECTOR_BYTES, parseDiskstats, parseLoopCounters, readLoopReadCounters } from "../../src/observe/diskstats.js";
 import { ParseError } from "../../src/observe/parse-error.js";
 import { FIXTURES, tempDir } from "./helpers.js";
 
@@ -94,5 +94,17 @@ describe("readLoopReadCounters: <procRoot>/diskstats, loop devices only", () => 
       assert.ok(err.message.startsWith(`${path.join(root, "diskstats")}:2: `), err.message);
       return true;
     });
+  });
+});
+
+describe("parseLoopCounters: the wanted loop devices' counters, in one pass", () => {
+  test("the same figures as parseDiskstats for loop devices, only those wanted, other lines not looked at", async () => {
+    const text = await readFile(path.join(FIXTURES, "proc", "diskstats"), "utf8");
+    const all = parseDiskstats(text, "diskstats", (d) => d.startsWith("loop"));
+    assert.ok(all.size > 0, "the fixture has loop devices");
+    assert.deepEqual(parseLoopCounters(text), all);
+    const one = [...all.keys()][0] as string;
+    assert.deepEqual([...parseLoopCounters(text, new Set([one]))], [[one, all.get(one)]]);
+    assert.deepEqual(parseLoopCounters("garbage\n   7       3 loop3 12 0 2048 5 0 0 0 0 0 5 5 0 0 0 0\n", new Set(["loop3"])).get("loop3"), 2048 * 512);
   });
 });

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { accessSync, constants } from "node:fs";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -18,6 +17,7 @@ import {
 } from "../../src/report/status-file.js";
 import type { DatasetStatus, StatusReport } from "../../src/report/status.js";
 import { columns, renderStatus } from "../../src/report/table.js";
+import { findPromtool } from "./monitoring.js";
 import { GiB, MiB, tempDir, TiB } from "./helpers.js";
 
 // Times in the table are local; fix the zone so that "14:05" means 14:05 UTC.
@@ -589,15 +589,3 @@ describe("Metrics: the report in the Prometheus text format", () => {
     assert.equal(out.trim(), "");
   });
 });
-
-function findPromtool(): string | undefined {
-  const candidates = process.env.PROMTOOL ? [process.env.PROMTOOL] : (process.env.PATH ?? "").split(":").filter(Boolean).map((d) => path.join(d, "promtool"));
-  return candidates.find((file) => {
-    try {
-      accessSync(file, constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
