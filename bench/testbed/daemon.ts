@@ -53,7 +53,7 @@ export class Daemon {
    * Writes the configuration (`key = value` lines, the daemon's own format)
    * and starts `node build/src/cli.js --config FILE --verbose` in the cgroup.
    */
-  static async start(bed: Bed, dirs: DaemonDirs, keys: Record<string, string>, label: string, options: { cli?: string; env?: Record<string, string> } = {}): Promise<Daemon> {
+  static async start(bed: Bed, dirs: DaemonDirs, keys: Record<string, string>, label: string, options: { cli?: string; env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<Daemon> {
     const home = path.join(bed.root, "daemon", label);
     await mkdir(path.join(home, "state"), { recursive: true });
     await mkdir(path.join(home, "run"), { recursive: true });
@@ -61,7 +61,7 @@ export class Daemon {
     const config = { ...dirs, state_dir: path.join(home, "state"), runtime_dir: path.join(home, "run"), ...keys };
     const configFile = path.join(home, "scratch_manager.conf");
     await writeFile(configFile, Object.entries(config).map(([k, v]) => `${k} = ${v}\n`).join(""));
-    const [file, ...args] = bed.inGroup([process.execPath, options.cli ?? CLI, "--config", configFile, "--verbose"]);
+    const [file, ...args] = bed.inGroup([process.execPath, ...(options.nodeArgs ?? []), options.cli ?? CLI, "--config", configFile, "--verbose"]);
     const child = spawn(file as string, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } });
     const daemon = new Daemon(child, configFile);
     await sleep(100);

@@ -167,7 +167,12 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
   // The before-daemon knows none of the new keys.
   const keys: Record<string, string> = { capacity: "1GB", interval: String(SCALE.mountIntervalS), period: String(SCALE.periodS), command_timeout: "120" };
   const started = Date.now();
-  const daemon = await Daemon.start(bed, dirs, keys, `scale-${which}-${n}`, { cli, env: { NOTIFY_SOCKET: "/run/systemd/notify-bench", PATH: `${bin}:${process.env.PATH ?? ""}` } });
+  const daemon = await Daemon.start(bed, dirs, keys, `scale-${which}-${n}`, {
+    cli,
+    env: { NOTIFY_SOCKET: "/run/systemd/notify-bench", PATH: `${bin}:${process.env.PATH ?? ""}` },
+    // As the packaged launcher (packaging/scratch_manager) runs the daemon after the change.
+    nodeArgs: which === "after" ? ["--max-semi-space-size=1"] : [],
+  });
   const pid = daemon.pid;
   if (pid === undefined) throw new Error("scale: the daemon has no pid");
   const mountedAt: number[] = [];

@@ -125,9 +125,14 @@ export async function readLoopAt(target: string, roots: { proc: string; sys: str
     throw err;
   }
   const device = await readLoopDevice(majorMinorOf(dev), roots.sys);
-  const counters = device && readOptional(path.join(roots.sys, "block", device.name, "stat"));
-  const readBytes = counters === undefined ? undefined : parseBlockStat(counters);
+  const readBytes = device && readLoopCounter(roots.sys, device.name);
   return device && readBytes !== undefined ? { device, readBytes } : undefined;
+}
+
+/** Bytes read through loop device `name` so far, from /sys/block/<name>/stat; undefined if it is gone. */
+export function readLoopCounter(sysRoot: string, name: string): number | undefined {
+  const text = readOptional(path.join(sysRoot, "block", name, "stat"));
+  return text === undefined ? undefined : parseBlockStat(text);
 }
 
 /**

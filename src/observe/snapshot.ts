@@ -2,10 +2,10 @@ import path from "node:path";
 import type { Runner } from "../act/exec.js";
 import type { Config } from "../config.js";
 import type { ScanView } from "../plan/availability.js";
-import { readLoopReadCounters, type ReadCounters } from "./diskstats.js";
+import type { ReadCounters } from "./diskstats.js";
 import { DirWatch } from "./dir-watch.js";
 import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
-import { readBackingIds, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
+import { readBackingIds, readLoopCounter, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
 import { readMountinfo, type MountEntry } from "./mountinfo.js";
 import { listDirectory, listLocalDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, statfsLocal, statLocal, type DirStat, type Listing } from "./scan.js";
 
@@ -27,6 +27,7 @@ export interface Snapshot {
   mounts: MountEntry[];
   /** Bound loop devices by "major:minor". */
   loops: Map<string, LoopDevice>;
+  /** Read counters of the loop devices sampled this tick (not all: Observer.readCounters). */
   readBytes: ReadCounters;
   cacheFs: FsUsage;
 }
@@ -83,6 +84,8 @@ export class Observer {
   /** Bound loop devices no mount under mountdir holds (see readLoops). */
   private unmountedLoops = new Set<string>();
   private lastLoopScan = -Infinity;
+  /** Each loop device's last sampled read counter (see readCounters). */
+  private counters = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
   readonly datadir: DirWatch<DataScan>;
   readonly cachedir: DirWatch<CacheScan>;
   /** datadir's real path, once resolved (it may not exist at start); forgotten when a scan fails. */
@@ -111,8 +114,8 @@ export class Observer {
     const machine = (async () => {
       const allMounts = await readMountinfo(this.roots.proc);
       const mounts = allMounts.filter((m) => path.dirname(m.mountPoint) === config.mountdir);
-      const loopList = await this.readLoops(mounts);
-      const readBytes = await readLoopReadCounters(this.roots.proc, new Set(loopList.map((l) => l.name)));
+      const loopList = await this.readLoops(mounts, config);
+      const readBytes = this.readCounters(loopList, config.interval);
       return { allMounts, mounts, loopList, readBytes };
     })();
     const [datadir, cachedir, { allMounts, mounts, loopList, readBytes }] = await Promise.all([
@@ -134,20 +137,22 @@ export class Observer {
    * tick's CPU. A device held by a mount under mountdir cannot be attached
    * to another file while the same mounts (by ID) hold it: what sysfs said of
    * it stands. A new mount's device is read through /sys/dev/block; a device
-   * its mounts let go of is watched while it stays bound (a dropped copy a
-   * reader keeps open: its space still counts, see ghostBytes). Every
+   * of ours its mounts let go of is watched while it stays bound (a dropped
+   * copy a reader keeps open: its space still counts, see ghostBytes). Every
    * LOOP_FULL_SCAN_MS, and at the first tick, every device is read, for
    * whatever else may be bound (a daemon restarted with copies held open).
    */
-  private async readLoops(mounts: readonly MountEntry[]): Promise<LoopDevice[]> {
+  private async readLoops(mounts: readonly MountEntry[], config: Config): Promise<LoopDevice[]> {
     const holders = new Map<string, string>();
     for (const m of mounts) holders.set(m.majorMinor, `${holders.get(m.majorMinor) ?? ""}${m.mountId},`);
     const held = new Map<string, { loop: LoopDevice; holders: string }>();
     const unmounted = new Set<string>();
+    // Only ours are watched unmounted: other programs' loop devices (snaps, other namespaces' mounts) are none of its business.
+    const ours = (file: string) => [config.datadir, config.cachedir, this.datadirReal].includes(path.dirname(file));
     const keep = (loop: LoopDevice) => {
       const by = holders.get(loop.majorMinor);
-      if (by === undefined) unmounted.add(loop.majorMinor);
-      else held.set(loop.majorMinor, { loop: { ...loop, backing: undefined }, holders: by });
+      if (by !== undefined) held.set(loop.majorMinor, { loop: { ...loop, backing: undefined }, holders: by });
+      else if (ours(loop.backingFile)) unmounted.add(loop.majorMinor);
     };
     const cached = (majorMinor: string): LoopDevice | undefined => {
       const c = this.heldLoops.get(majorMinor);
@@ -174,6 +179,46 @@ export class Observer {
     this.heldLoops = held;
     this.unmountedLoops = unmounted;
     return loops;
+  }
+
+  /**
+   * The read counters of the loop devices, not all of them each tick: the
+   * kernel sums a device's counters over every CPU and counts its requests
+   * in flight for each read of its stats, so that reading /proc/diskstats
+   * cost 100 ms of system time a tick with 10,000 loop devices, whether
+   * anyone read them or not. A device read lately (its counter moved in the
+   * last minute) is sampled every tick, a new one at once, the idle ones in
+   * turn, each at least every IDLE_SAMPLE_MS (all of them every tick while
+   * they are few): a dataset that becomes hot is seen within that, and
+   * what it read meanwhile is counted whole (the counters are cumulative),
+   * only at a later tick. Each from /sys/block/<dev>/stat, in memory.
+   */
+  private readCounters(loops: readonly LoopDevice[], intervalS: number): ReadCounters {
+    const now = this.clock();
+    const out: ReadCounters = new Map();
+    const next = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
+    const idle: LoopDevice[] = [];
+    const sample = (loop: LoopDevice) => {
+      const last = this.counters.get(loop.name);
+      const bytes = readLoopCounter(this.roots.sys, loop.name);
+      if (bytes === undefined) return;
+      out.set(loop.name, bytes);
+      next.set(loop.name, { bytes, sampledAt: now, movedAt: last && last.bytes === bytes ? last.movedAt : last ? now : -Infinity });
+    };
+    for (const loop of loops) {
+      const last = this.counters.get(loop.name);
+      if (!last || now - last.movedAt < ACTIVE_MS) sample(loop);
+      else idle.push(loop);
+    }
+    // The idle ones, least recently sampled first: all of them over IDLE_SAMPLE_MS, and never fewer than IDLE_SAMPLES a tick.
+    const budget = Math.max(IDLE_SAMPLES, Math.ceil((idle.length * intervalS * 1000) / IDLE_SAMPLE_MS));
+    idle.sort((a, b) => (this.counters.get(a.name)?.sampledAt ?? 0) - (this.counters.get(b.name)?.sampledAt ?? 0));
+    idle.forEach((loop, i) => {
+      if (i < budget) sample(loop);
+      else next.set(loop.name, this.counters.get(loop.name) as { bytes: number; sampledAt: number; movedAt: number });
+    });
+    this.counters = next;
+    return out;
   }
 
   /**
@@ -327,8 +372,15 @@ export function unchanged(last: Listing, dir: DirStat, listedAt: number, now: nu
   return last.entries.every((e) => e.file.startsWith(".") || e.mtimeMs < settledBefore);
 }
 
+/** A device whose counter moved within this long is sampled every tick (Observer.readCounters). */
+const ACTIVE_MS = 60_000;
+/** An idle device's counter is sampled at least this often... */
+const IDLE_SAMPLE_MS = 30_000;
+/** ...and this many of them each tick at least (a node with a few datasets samples them all). */
+const IDLE_SAMPLES = 200;
+
 /** How often every loop device is read from sysfs, not only those the tick needs (Observer.readLoops). */
-const LOOP_FULL_SCAN_MS = 60_000;
+const LOOP_FULL_SCAN_MS = 300_000;
 
 /** Size and free space of the file system holding `dir`, through stat -f (a child, like every read of the directories). */
 export async function fsUsage(run: Runner, dir: string, timeoutMs: number, signal?: AbortSignal): Promise<FsUsage> {

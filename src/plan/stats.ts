@@ -85,9 +85,10 @@ export class Stats {
     const deltas = new Map<string, { slow: number; cache: number }>();
     const seenDevices = new Set<string>();
     for (const loop of snapshot.loops.values()) {
+      // Not sampled this tick (an idle device, see Observer.readCounters): its baseline stands.
+      seenDevices.add(loop.name);
       const bytes = snapshot.readBytes.get(loop.name);
       if (bytes === undefined) continue;
-      seenDevices.add(loop.name);
       const prev = this.devices.get(loop.name);
       this.devices.set(loop.name, { backingFile: loop.backingFile, bytes });
       const delta = prev && prev.backingFile === loop.backingFile && bytes >= prev.bytes ? bytes - prev.bytes : 0;

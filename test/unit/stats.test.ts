@@ -129,10 +129,17 @@ describe("Stats.update: read counters attributed per dataset and tier", () => {
     assert.deepEqual(totals(stats, "coco"), { slow: MiB, cache: 0 });
   });
 
-  test("a device without a read counter is skipped, and is a first sighting when its counter comes back", () => {
+  test("a device not sampled this tick (an idle one, sampled every 30 s) keeps its baseline: what it read meanwhile counts at its next sample", () => {
     const stats = new Stats(PERIOD_MS);
     tick(stats, 0, [{ loop: "loop0", file: slow("coco.sqfs"), bytes: GiB }]);
     tick(stats, 5 * SECOND, [{ loop: "loop0", file: slow("coco.sqfs") }]);
+    tick(stats, 10 * SECOND, [{ loop: "loop0", file: slow("coco.sqfs"), bytes: 2 * GiB }]);
+    assert.deepEqual(totals(stats, "coco"), { slow: GiB, cache: 0 });
+  });
+  test("a device gone (detached) loses its baseline: when one of that name comes back, it is a first sighting", () => {
+    const stats = new Stats(PERIOD_MS);
+    tick(stats, 0, [{ loop: "loop0", file: slow("coco.sqfs"), bytes: GiB }]);
+    tick(stats, 5 * SECOND, []);
     tick(stats, 10 * SECOND, [{ loop: "loop0", file: slow("coco.sqfs"), bytes: 2 * GiB }]);
     assert.deepEqual(totals(stats, "coco"), { slow: 0, cache: 0 });
   });
