@@ -32,6 +32,7 @@ function daemonOptions(command: Command): Command {
     .option("--period <seconds>", "sliding window of the read statistics (default 1200)")
     .option("--interval <seconds>", "seconds between two passes of the loop (default 5)")
     .addOption(new Option("--naming <rule>", "mount name of an image file (default first-dot)").choices(["first-dot", "strip-extension"]))
+    .option("--peer-listen <host:port>", "serve cached images to the other nodes and fill from them (peer_listen; needs the fleet key)")
     .option("-v, --verbose", "log debug lines too");
 }
 

@@ -65,6 +65,12 @@ export interface Config {
   metricsListen?: string;
   /** How log lines are written (LOG_FORMATS): journal, json, or auto (journal under systemd). */
   logFormat: LogFormat;
+  /** HOST:PORT this node serves its cached images to peers on; peer fill is off when unset (fleet/). */
+  peerListen?: string;
+  /** HOST:PORT the other nodes reach this one at, published in its record; from peer_listen and the host name by default. */
+  peerAdvertise?: string;
+  /** Transfers this node serves to peers at once; more are told 503 (busy). */
+  peerUploads: number;
   verbose: boolean;
 }
 
@@ -94,6 +100,9 @@ export const CONFIG_KEYS = [
   "metrics_file",
   "metrics_listen",
   "log_format",
+  "peer_listen",
+  "peer_advertise",
+  "peer_uploads",
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -122,6 +131,9 @@ const DEFAULTS: RawConfig = {
   metrics_file: "",
   metrics_listen: "",
   log_format: "auto",
+  peer_listen: "",
+  peer_advertise: "",
+  peer_uploads: "4",
 };
 
 function bad(key: string, value: string, forms: string): UsageError {
@@ -211,7 +223,10 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     maxCopies: parseCount("max_copies", merged.max_copies as string),
     policy: oneOf("policy", (merged.policy as string).trim(), POLICIES),
     metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
-    metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen), merged.metrics_listen.trim()) : undefined,
+    metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen, "metrics_listen"), merged.metrics_listen.trim()) : undefined,
+    peerListen: merged.peer_listen ? (parseHostPort(merged.peer_listen, "peer_listen"), merged.peer_listen.trim()) : undefined,
+    peerAdvertise: merged.peer_advertise ? parseAdvertise(merged.peer_advertise) : undefined,
+    peerUploads: parseCount("peer_uploads", merged.peer_uploads as string),
     logFormat: oneOf("log_format", (merged.log_format as string).trim(), LOG_FORMATS),
     verbose,
   };
@@ -281,11 +296,18 @@ function parseCount(key: string, value: string): number {
  * metrics_listen: "127.0.0.1:9456", "[::1]:9456", ":9456" (every address).
  * Shared with the metrics server, so that what the config accepts is what it binds.
  */
-export function parseHostPort(text: string): { host: string; port: number } {
+export function parseHostPort(text: string, key = "metrics_listen"): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw bad("metrics_listen", text, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
+  if (!m || port > 65535) throw bad(key, text, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
   return { host: m[1] ?? m[2] ?? "", port };
+}
+
+/** peer_advertise: a HOST:PORT other nodes can connect to (a host name or address, never empty, port not 0). */
+function parseAdvertise(text: string): string {
+  const { host, port } = parseHostPort(text, "peer_advertise");
+  if (host === "" || port === 0 || /^(0\.0\.0\.0|::)$/.test(host)) throw bad("peer_advertise", text, "HOST:PORT the other nodes can reach, e.g. node17.cluster:7823");
+  return text.trim();
 }
 
 function isInside(child: string, parent: string): boolean {

@@ -4,7 +4,7 @@ import path from "node:path";
 import { act } from "./act/apply.js";
 import { run as realRun, type Runner } from "./act/exec.js";
 import { AttachJournal, releaseUnfinished } from "./act/mounts.js";
-import { TransferPool, type CopyOutcome } from "./act/transfers.js";
+import { TransferPool, type CopyOutcome, type Transfer } from "./act/transfers.js";
 import type { Config } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { Observer, type ObserveRoots, type Snapshot } from "./observe/snapshot.js";
@@ -28,6 +28,7 @@ import { writeStatusFile } from "./report/status-file.js";
 import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devices.js";
 import { activePins, readPins, type Pin } from "./state/pins.js";
 import { formatBytes } from "./units.js";
+import { PeerFill } from "./fleet/peer-fill.js";
 
 export interface DaemonOptions {
   config: Config;
@@ -80,6 +81,8 @@ export class Daemon {
   ticks = 0;
   private readonly notifier: Notifier;
   private readonly metrics = new Metrics();
+  /** Copies from and to the other nodes (fleet/); inert unless peer_listen is set and the fleet key is usable. */
+  readonly peers: PeerFill;
   private metricsServer?: { close(): Promise<void>; port: number; listen: string };
 
   constructor(options: DaemonOptions) {
@@ -92,6 +95,13 @@ export class Daemon {
     this.storage = new Storage(this.config, this.clock());
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.stats = new Stats(this.config.period * 1000);
+    this.peers = new PeerFill(this.config, {
+      run: this.run,
+      logger: this.logger,
+      channel: (op, signal) => this.observer.datadir.exclusive(op, signal),
+      clock: this.clock,
+      lifetime: this.lifetime.signal,
+    });
     this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET);
     this.transfers = new TransferPool({
       run: this.run,
@@ -100,7 +110,8 @@ export class Daemon {
       copyBwlimit: this.config.copyBwlimit,
       logger: this.logger,
       clock: this.clock,
-      onSettled: (name, outcome) => this.onCopySettled(name, outcome),
+      onSettled: (name, outcome, t) => this.onCopySettled(name, outcome, t),
+      fill: (t, fromServer) => this.peers.fill(t, fromServer),
       // The image is on the file server: checked through datadir's channel, never in the daemon's threads.
       statImage: (file, signal) => this.observer.datadir.exclusive(() => statFile(this.run, file, this.config.scanTimeout * 1000, signal), signal),
     });
@@ -114,6 +125,7 @@ export class Daemon {
    * datadir was remounted, even across a restart; whether it is a mount point).
    */
   async init(): Promise<void> {
+    await this.peers.init();
     try {
       const released = await releaseUnfinished(this.run, this.journal, await readLoopDevices(this.roots.sys), this.roots.sys, this.config.commandTimeout * 1000);
       if (released.length > 0) this.logger.warn({ devices: released }, "released loop devices a killed daemon had attached but not yet handed to the kernel");
@@ -236,6 +248,10 @@ export class Daemon {
       if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
     }
 
+    // Peer fill: the verified copies this node can serve; its record, key and listener kept up.
+    const holdings = [...catalog.datasets.values()].filter((d) => d.cache === "valid").map((d) => ({ file: d.imageFile, size: d.size, mtimeMs: d.mtimeMs, path: d.cachePath }));
+    await this.attempt("peer fill", () => this.peers.tick(this.config, holdings));
+
     // Stability (an image mounted only once unchanged for a tick) is judged between believed scans only.
     if (view.dataFresh) this.previous = snapshot;
     this.ticks++;
@@ -245,6 +261,7 @@ export class Daemon {
     // 9. Tell: the log, the status file, metrics, systemd.
     const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
     report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
+    if (config.peerListen) report.peers = this.peers.view();
     if (unmounted > 0) report.mounting = { mounted: catalog.datasets.size - unmounted, total: catalog.datasets.size };
     const counts = countStates(report);
     this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
@@ -347,6 +364,8 @@ export class Daemon {
       if (transfer?.state === "running" && transfer.startedAt !== undefined) {
         const doneBytes = written.get(transfer.tmpPath) ?? 0;
         status.copy = { doneBytes, totalBytes: transfer.size, startedAt: transfer.startedAt, bytesPerSecond: doneBytes / Math.max(0.001, (now - transfer.startedAt) / 1000) };
+        const from = this.peers.sourceOf(d.imageFile);
+        if (from !== undefined) status.copy.from = from;
       }
       if (backoff && backoff.until > now) status.note = `retrying after ${backoff.failures} failure(s) at ${new Date(backoff.until).toISOString()}`;
       return status;
@@ -431,6 +450,7 @@ export class Daemon {
     if (this.storage.confirm()) this.logger.warn({ dir: "datadir", path: this.config.datadir }, "datadir: the images that vanished are taken as removed at the next scan, as confirmed by the reload");
     this.stats.setPeriod(config.period * 1000);
     this.transfers.reconfigure({ maxCopies: config.maxCopies, copyBwlimit: config.copyBwlimit, commandTimeoutS: config.commandTimeout });
+    this.peers.reconfigure(this.config);
     this.wake();
   }
 
@@ -487,6 +507,7 @@ export class Daemon {
       // systemd shows "deactivating" while the copies are cancelled.
       await this.attempt("systemd notify", () => this.notifier.send({ STOPPING: "1", STATUS: "stopping: cancelling copies, leaving mounts in place" }));
       await this.transfers.cancelAll("daemon stopping");
+      await this.peers.stop();
       const server = this.metricsServer;
       this.metricsServer = undefined;
       await server?.close();
@@ -505,7 +526,8 @@ export class Daemon {
     this.observer.attached(loop.device, identities.get(source));
   }
 
-  private onCopySettled(name: string, outcome: CopyOutcome): void {
+  private onCopySettled(name: string, outcome: CopyOutcome, t: Transfer): void {
+    void this.peers.settled(t.imageFile, t.dest, outcome.ok);
     // A scan of cachedir under way may predate the copy's rename (or its temporary file's removal).
     this.observer.cachedir.invalidate();
     if (outcome.ok) this.backoff.delete(name);

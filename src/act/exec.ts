@@ -14,6 +14,8 @@ export interface RunOptions {
    * byte, for binary output (Buffer.from(stdout, "latin1") gives the bytes).
    */
   encoding?: "utf8" | "latin1";
+  /** Written to the program's standard input, which is then closed (a record written into datadir by a child). */
+  input?: string;
 }
 
 export interface RunResult {
@@ -95,6 +97,11 @@ export const run: Runner = (file, args, options) => {
         reject(failure);
       },
     );
+    if (options.input !== undefined) {
+      // A child that exits without reading (a failed mkdir) closes the pipe: EPIPE is its failure, reported by its status.
+      child.stdin?.on("error", () => undefined);
+      child.stdin?.end(options.input);
+    }
     // execFile kills the child on timeout or abort, but reports only once it
     // is gone. Give up on one that stays: detach it (no handle of it keeps the
     // daemon's event loop alive, so the daemon can still exit) and reject.

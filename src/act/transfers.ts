@@ -37,7 +37,12 @@ export interface TransferPoolOptions {
   copyBwlimit: number;
   logger: Logger;
   /** Called when a copy ends, whatever the outcome; the daemon wakes its loop to mount the copy. */
-  onSettled: (name: string, outcome: CopyOutcome) => void;
+  onSettled: (name: string, outcome: CopyOutcome, transfer: Transfer) => void;
+  /**
+   * Where the bytes come from: peers, or the file server through `fromServer`
+   * (fleet/peer-fill.ts). The file server alone when absent.
+   */
+  fill?: (t: Transfer, fromServer: () => Promise<void>) => Promise<unknown>;
   clock?: () => number;
   /**
    * Size and mtime of an image, to check that it did not change during its
@@ -123,7 +128,7 @@ export class TransferPool {
           this.counters.bytes += outcome.bytes;
         } else if (outcome.cancelled) this.counters.cancelled++;
         else this.counters.failed++;
-        this.options.onSettled(t.name, outcome);
+        this.options.onSettled(t.name, outcome, t);
         this.pump();
       });
     }
@@ -135,7 +140,8 @@ export class TransferPool {
     log.info({ source: t.source, bytes: t.size }, "copy started");
     try {
       await removeIfPresent(t.tmpPath);
-      const copying = this.runCopy(t);
+      const fill = this.options.fill;
+      const copying = fill ? fill(t, () => this.runCopy(t)) : this.runCopy(t);
       await Promise.all([copying, flushWhile(t.tmpPath, copying)]);
       if (t.abort.signal.aborted) throw new Error("cancelled");
       await fsyncFile(t.tmpPath);
@@ -174,7 +180,8 @@ export class TransferPool {
     const [program, args] =
       this.options.copyBwlimit > 0
         ? ["rsync", ["--inplace", "--times", `--timeout=${timeoutS}`, `--bwlimit=${Math.max(1, Math.round(this.options.copyBwlimit / 1024))}`, "--", t.source, t.tmpPath]]
-        : ["cp", ["--reflink=auto", "--preserve=timestamps", "--", t.source, t.tmpPath]];
+        : // In order, no holes: peers follow the file as it grows (fleet/follow.ts).
+          ["cp", ["--reflink=auto", "--sparse=never", "--preserve=timestamps", "--", t.source, t.tmpPath]];
     const stop = new AbortController();
     const cancel = (): void => stop.abort();
     t.abort.signal.addEventListener("abort", cancel, { once: true });

@@ -13,6 +13,7 @@ export interface RunFlags {
   period?: string;
   interval?: string;
   naming?: string;
+  peerListen?: string;
   verbose?: boolean;
 }
 
@@ -30,6 +31,7 @@ function describe(config: Config): Record<string, unknown> {
     maxCopies: config.maxCopies,
     policy: config.policy,
     logFormat: config.logFormat,
+    peerListen: config.peerListen,
   };
 }
 
@@ -46,6 +48,7 @@ export async function runCommand(flags: RunFlags): Promise<void> {
     period: flags.period,
     interval: flags.interval,
     naming: flags.naming,
+    peer_listen: flags.peerListen,
   };
   const load = () => loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
   const config = await load();

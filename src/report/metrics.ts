@@ -89,6 +89,14 @@ export class Metrics {
   private readonly dirLastScan: Record<DirName, Gauge>;
   private readonly dirReason: Gauge<"dir" | "reason">;
   private readonly problems: Gauge;
+  private readonly peerEnabled: Gauge;
+  private readonly peersLive: Gauge;
+  private readonly peerServing: Gauge;
+  private readonly peerFillBytes: Counter<"source">;
+  private readonly peerServedBytes: Counter;
+  private readonly peerRefused: Counter<"reason">;
+  private readonly peerMismatches: Counter;
+  private previousPeers?: NonNullable<StatusReport["peers"]>["counters"];
 
   /** The previous report's totals, per dataset, to turn totals into increments. */
   private readonly previousRead = new Map<string, Totals>();
@@ -133,6 +141,23 @@ export class Metrics {
     this.copyBytes = counter("copy_bytes_total", "Bytes written to the cache by copies.");
     this.refusedImages = gauge("refused_images", "Files in the data directory refused as images.");
     this.cacheBytesServed = counter("cache_bytes_served_total", "Bytes read from cached copies, all datasets.");
+    this.peerEnabled = gauge("peer_fill_enabled", "1 when peer fill is on (peer_listen set and the fleet key usable).");
+    this.peersLive = gauge("peers_live", "Other nodes whose peer record is fresh.");
+    this.peerServing = gauge("peer_transfers_serving", "Transfers this node is serving to peers now.");
+    this.peerFillBytes = new Counter({
+      name: `${PREFIX}peer_fill_bytes_total`,
+      help: "Bytes of finished copies, by where they came from: source=peer (other nodes) or source=server (the file server).",
+      labelNames: ["source"],
+      registers,
+    });
+    this.peerServedBytes = counter("peer_served_bytes_total", "Bytes this node sent to peers.");
+    this.peerRefused = new Counter({
+      name: `${PREFIX}peer_refused_total`,
+      help: "Peer requests this node refused: reason=busy (no slot free), auth (key), unknown (an image it does not hold).",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.peerMismatches = counter("peer_checksum_mismatches_total", "Copies from peers discarded because their SHA-256 did not match the image's.");
     this.tickDuration = new Histogram({
       name: `${PREFIX}tick_duration_seconds`,
       help: "Time one pass of the loop took.",
@@ -205,6 +230,23 @@ export class Metrics {
       for (const reason of DIR_REASONS) this.dirReason.set({ dir: c.dir, reason }, reason === c.reason ? 1 : 0);
     }
     this.problems.set(report.problems.length);
+
+    const peers = report.peers;
+    if (peers) {
+      const was = this.previousPeers ?? { fromPeersBytes: 0, fromServerBytes: 0, servedBytes: 0, refusedBusy: 0, refusedAuth: 0, refusedUnknown: 0, checksumMismatches: 0 };
+      const c = peers.counters;
+      this.peerEnabled.set(peers.enabled ? 1 : 0);
+      this.peersLive.set(peers.peersLive);
+      this.peerServing.set(peers.serving);
+      this.peerFillBytes.inc({ source: "peer" }, growth(was.fromPeersBytes, c.fromPeersBytes));
+      this.peerFillBytes.inc({ source: "server" }, growth(was.fromServerBytes, c.fromServerBytes));
+      this.peerServedBytes.inc(growth(was.servedBytes, c.servedBytes));
+      this.peerRefused.inc({ reason: "busy" }, growth(was.refusedBusy, c.refusedBusy));
+      this.peerRefused.inc({ reason: "auth" }, growth(was.refusedAuth, c.refusedAuth));
+      this.peerRefused.inc({ reason: "unknown" }, growth(was.refusedUnknown, c.refusedUnknown));
+      this.peerMismatches.inc(growth(was.checksumMismatches, c.checksumMismatches));
+      this.previousPeers = { ...c };
+    }
   }
 
   private updateDataset(d: DatasetStatus): void {

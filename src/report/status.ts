@@ -25,6 +25,8 @@ export interface CopyProgress {
   /** Average since the copy started. */
   bytesPerSecond: number;
   startedAt: number;
+  /** Where the bytes come from: "server" (the file server), or the peer's HOST:PORT (peer fill). */
+  from?: string;
 }
 
 export interface DatasetStatus {
@@ -83,6 +85,30 @@ export interface StatusReport {
    * report of a daemon from before it was added.
    */
   storage?: { datadir: DirCondition; cachedir: DirCondition };
+  /** Peer fill (fleet/), when peer_listen is set. */
+  peers?: PeerStatus;
   /** While datasets are still being mounted (a first start with thousands of new images): how far. */
   mounting?: { mounted: number; total: number };
+}
+
+/** Peer fill, as status and the metrics show it. */
+export interface PeerStatus {
+  enabled: boolean;
+  /** This node's HOST:PORT in the fleet. */
+  node?: string;
+  /** Why peer fill is off although peer_listen is set (the key, the port). */
+  problem?: string;
+  /** Other nodes with a fresh record. */
+  peersLive: number;
+  /** Transfers this node is serving now. */
+  serving: number;
+  counters: {
+    fromPeersBytes: number;
+    fromServerBytes: number;
+    servedBytes: number;
+    refusedBusy: number;
+    refusedAuth: number;
+    refusedUnknown: number;
+    checksumMismatches: number;
+  };
 }

@@ -68,6 +68,8 @@ export function stateText(d: DatasetStatus, reference: number): string {
         d.copy && d.copy.totalBytes > 0
           ? `copying ${Math.min(100, Math.floor((100 * d.copy.doneBytes) / d.copy.totalBytes))}% at ${formatRate(d.copy.bytesPerSecond)}`
           : "copying";
+      // Peer fill: where the bytes come from (the file server, or another node).
+      if (d.copy?.from !== undefined) base += d.copy.from === "server" ? " from the file server" : ` from ${d.copy.from}`;
       break;
     default: {
       const unknown: never = d.state;
@@ -136,6 +138,7 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
   const free = percent(space.freeBytes, space.totalBytes);
   lines.push(`cache file system (${cache.dir}): ${formatBytes(space.freeBytes)} free of ${formatBytes(space.totalBytes)}${free ? ` (${free})` : ""}`);
   lines.push(`served from the cache: ${formatBytes(report.cacheBytesServed)} since the daemon started`);
+  if (report.peers) lines.push(peerLine(report.peers));
   lines.push(
     `daemon: pid ${report.pid}, status of ${formatClock(report.writtenAt, report.writtenAt, true)}, read rates over the last ${formatAge(report.periodSeconds * 1000)}`,
   );
@@ -157,4 +160,11 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
     for (const p of report.problems) lines.push(`  ${p}`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** Peer fill in one line: on or why not, the fleet, and where this node's copies came from. */
+function peerLine(p: NonNullable<StatusReport["peers"]>): string {
+  if (!p.enabled) return `peer fill: off${p.problem ? ` (${p.problem})` : ""}`;
+  const c = p.counters;
+  return `peer fill: on as ${p.node ?? "?"}, ${plural(p.peersLive, "peer", "peers")} seen; filled ${formatBytes(c.fromPeersBytes)} from peers and ${formatBytes(c.fromServerBytes)} from the file server, served ${formatBytes(c.servedBytes)} to peers${p.serving > 0 ? ` (${p.serving} now)` : ""}${c.checksumMismatches > 0 ? `, ${c.checksumMismatches} copies from peers discarded (checksum)` : ""}`;
 }

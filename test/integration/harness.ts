@@ -195,7 +195,7 @@ export class FaultFs {
 /** Loop devices whose backing file is on one of these devices ("major:minor"), whatever path the kernel gives it. */
 export function loopsOnDevices(devices: ReadonlySet<string>): LoopRow[] {
   if (devices.size === 0) return [];
-  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE,BACK-MAJ:MIN"], { encoding: "utf8" }).trim();
+  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE,BACK-MAJ:MIN"], { encoding: "utf8", maxBuffer: 256 * 1024 * 1024 }).trim();
   if (out === "") return [];
   const rows = (JSON.parse(out) as { loopdevices: (LoopRow & { "back-maj:min"?: string })[] }).loopdevices;
   return rows.filter((r) => devices.has((r["back-maj:min"] ?? "").trim()));
@@ -228,7 +228,7 @@ export interface LoopRow {
 }
 
 export function loopsBackedUnder(prefix: string): LoopRow[] {
-  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE"], { encoding: "utf8" }).trim();
+  const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE"], { encoding: "utf8", maxBuffer: 256 * 1024 * 1024 }).trim();
   if (out === "") return [];
   const rows = (JSON.parse(out) as { loopdevices: LoopRow[] }).loopdevices;
   return rows.filter((r) => (r["back-file"] ?? "").startsWith(prefix + "/"));

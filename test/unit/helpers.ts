@@ -52,6 +52,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     maxCopies: 2,
     policy: "adaptive",
     logFormat: "json",
+    peerUploads: 4,
     verbose: false,
     ...over,
   };

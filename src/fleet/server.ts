@@ -1,0 +1,212 @@
+import { once } from "node:events";
+import { open, type FileHandle } from "node:fs/promises";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { parseHostPort } from "../config.js";
+import { errorMessage } from "../errors.js";
+import { Verifier } from "./auth.js";
+import { followFile } from "./follow.js";
+import { sameIdentity, type ImageIdentity } from "./records.js";
+
+/** What this node can serve of an image: its cached copy, or the copy it is making. */
+export interface Holding extends ImageIdentity {
+  /** The local file: cachedir/<image>, or the copy's temporary file while it is made. */
+  path: string;
+  sha256?: string;
+  /** While the copy is made: whether it is still going, and its checksum once verified. */
+  copying?: { growing: () => boolean; sha: Promise<string | undefined> };
+}
+
+export interface PeerServerOptions {
+  /** The keys requests may be signed with (the current one; the previous for a short while after it changed). */
+  keys: () => readonly Buffer[];
+  lookup: (file: string) => Holding | undefined;
+  maxUploads: () => number;
+  /** A transfer whose source stops growing for this long is cut. */
+  stallMs: () => number;
+  logger: Logger;
+  onServed: (bytes: number) => void;
+  onRefused: (why: "busy" | "auth" | "unknown") => void;
+  clock?: () => number;
+}
+
+export const IMAGE_PATH = "/v1/images/";
+export const SHA_TRAILER = "x-image-sha256";
+
+/**
+ * Serves the images of this node's cache to its peers, over HTTP with Range
+ * requests: GET /v1/images/<image file>?size=<bytes>&mtime=<ms>, signed with
+ * the fleet's key (auth.ts). The file name only selects among what this node
+ * holds (Holding): no part of a request ever becomes a path. A copy still
+ * being made is served as it grows, so that nodes fill in a pipeline; its
+ * SHA-256 follows the last byte as a trailer, once this node verified it.
+ */
+export class PeerServer {
+  private readonly server: http.Server;
+  private readonly verifier = new Verifier();
+  private uploads = 0;
+
+  constructor(private readonly options: PeerServerOptions) {
+    this.server = http.createServer((req, res) => {
+      void this.handle(req, res).catch((err: unknown) => {
+        this.options.logger.warn({ err: errorMessage(err) }, "peer request failed");
+        res.destroy();
+      });
+    });
+    // A peer holding a connection open without asking for anything must not hold a slot.
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 0;
+  }
+
+  get serving(): number {
+    return this.uploads;
+  }
+
+  async listen(hostPort: string): Promise<number> {
+    const { host, port } = parseHostPort(hostPort, "peer_listen");
+    this.server.listen(port, host === "" ? undefined : host);
+    await Promise.race([once(this.server, "listening"), once(this.server, "error").then(([err]) => Promise.reject(err as Error))]);
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private refuse(res: ServerResponse, status: number, message: string, why?: "busy" | "auth" | "unknown"): void {
+    if (why) this.options.onRefused(why);
+    res.writeHead(status, { "content-type": "text/plain", ...(status === 503 ? { "retry-after": "1" } : {}) });
+    res.end(`${message}\n`);
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const now = (this.options.clock ?? Date.now)();
+    if (req.method !== "GET") return this.refuse(res, 405, "only GET");
+    const target = req.url ?? "";
+    const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
+    const verdict = this.verifier.verify(this.options.keys(), req.headers.authorization, { method: "GET", path: target, range }, now);
+    if (!verdict.ok) return this.refuse(res, 401, `not authenticated: ${verdict.reason}`, "auth");
+    const wanted = parseImageUrl(target);
+    if (!wanted) return this.refuse(res, 404, "no such image", "unknown");
+    const holding = this.options.lookup(wanted.file);
+    if (!holding || !sameIdentity(holding, wanted)) return this.refuse(res, 404, "this node does not hold that version of the image", "unknown");
+    const start = parseRange(range);
+    if (start === undefined || start > holding.size) return this.refuse(res, 416, "only Range: bytes=N- within the image");
+    if (this.uploads >= this.options.maxUploads()) return this.refuse(res, 503, "busy", "busy");
+    this.uploads++;
+    const stop = new AbortController();
+    res.on("close", () => stop.abort());
+    try {
+      await this.send(holding, start, res, stop.signal);
+    } finally {
+      this.uploads--;
+    }
+  }
+
+  private async send(holding: Holding, start: number, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const copying = holding.copying;
+    const stallMs = this.options.stallMs();
+    let handle: FileHandle;
+    try {
+      handle = await openHolding(holding.path, copying, stallMs, signal);
+    } catch {
+      return this.refuse(res, 404, "that copy is gone", "unknown");
+    }
+    try {
+      if (!copying) {
+        // A cached copy is its image's version (size, mtime): checked on the file itself, not only its name.
+        const st = await handle.stat();
+        if (!sameIdentity({ file: holding.file, size: st.size, mtimeMs: st.mtimeMs }, holding)) return this.refuse(res, 404, "that copy changed", "unknown");
+      }
+      res.writeHead(start === 0 ? 200 : 206, {
+        "content-type": "application/octet-stream",
+        "x-image-size": String(holding.size),
+        ...(start === 0 ? {} : { "content-range": `bytes ${start}-${holding.size - 1}/${holding.size}` }),
+        trailer: SHA_TRAILER,
+      });
+      for await (const chunk of followFile(handle, { from: start, size: holding.size, growing: copying?.growing ?? (() => false), stallMs, signal })) {
+        if (!res.write(chunk)) await Promise.race([once(res, "drain"), once(res, "close")]);
+        if (signal.aborted) return;
+        this.options.onServed(chunk.length);
+      }
+      // The checksum, once this node has verified its own copy: the receiver checks what it got against it.
+      const sha = holding.sha256 ?? (await withTimeout(copying?.sha, stallMs));
+      if (sha === undefined) {
+        res.destroy();
+        return;
+      }
+      res.addTrailers({ [SHA_TRAILER]: sha });
+      res.end();
+    } catch (err) {
+      // The copy being followed failed or stalled: cut, so that the peer sees an incomplete transfer and goes elsewhere.
+      if (!signal.aborted) this.options.logger.info({ image: holding.file, err: errorMessage(err) }, "peer transfer cut");
+      res.destroy();
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+async function openHolding(file: string, copying: Holding["copying"], stallMs: number, signal: AbortSignal): Promise<FileHandle> {
+  const started = performance.now();
+  for (;;) {
+    try {
+      return await open(file, "r");
+    } catch (err) {
+      // A copy whose temporary file is not created yet (its node is still choosing where to copy from).
+      if (!copying || !copying.growing() || signal.aborted || performance.now() - started > stallMs) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T> | undefined, ms: number): Promise<T | undefined> {
+  if (!p) return Promise.resolve(undefined);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      () => {
+        clearTimeout(timer);
+        resolve(undefined);
+      },
+    );
+  });
+}
+
+/** /v1/images/<file>?size=N&mtime=M -> the identity asked for; undefined for anything else. */
+export function parseImageUrl(target: string): ImageIdentity | undefined {
+  let url: URL;
+  try {
+    url = new URL(target, "http://peer");
+  } catch {
+    return undefined;
+  }
+  if (!url.pathname.startsWith(IMAGE_PATH)) return undefined;
+  let file: string;
+  try {
+    file = decodeURIComponent(url.pathname.slice(IMAGE_PATH.length));
+  } catch {
+    return undefined;
+  }
+  const size = Number(url.searchParams.get("size"));
+  const mtimeMs = Number(url.searchParams.get("mtime"));
+  if (file === "" || file.startsWith(".") || /[/\0]/.test(file) || !Number.isSafeInteger(size) || size < 0 || !Number.isFinite(mtimeMs)) return undefined;
+  return { file, size, mtimeMs };
+}
+
+export function imageUrl(id: ImageIdentity): string {
+  return `${IMAGE_PATH}${encodeURIComponent(id.file)}?size=${id.size}&mtime=${Math.round(id.mtimeMs)}`;
+}
+
+/** Range: absent -> 0; "bytes=N-" -> N; anything else (several ranges, a suffix) -> undefined. */
+export function parseRange(header: string | undefined): number | undefined {
+  if (header === undefined) return 0;
+  const m = /^bytes=(\d{1,16})-$/.exec(header.trim());
+  return m ? Number(m[1]) : undefined;
+}
