@@ -92,6 +92,7 @@ export class Daemon {
     this.clock = options.clock ?? Date.now;
     this.roots = options.roots ?? { proc: "/proc", sys: "/sys" };
     this.observer = new Observer(this.config, this.run, this.roots, this.clock);
+    this.observer.onBackingQuery = (devices) => this.logger.debug({ devices }, "asking losetup for the backing files' identity");
     this.storage = new Storage(this.config, this.clock());
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.stats = new Stats(this.config.period * 1000);

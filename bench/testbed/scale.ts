@@ -236,6 +236,10 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
     };
   } finally {
     await daemon.stop();
+    // SM_SCALE_LOG=DIR: the daemon's log lines (but its tick lines), to see what a run did.
+    if (process.env.SM_SCALE_LOG) {
+      await writeFile(path.join(process.env.SM_SCALE_LOG, `${which}-${n}.log`), daemon.events.filter((e) => e.msg !== "tick").map((e) => JSON.stringify(e)).join("\n"));
+    }
     progress(`  unmounting ${mountedAt.length} datasets`);
     await resetDaemon(bed, dirs);
     await server.stop(dirs.datadir);

@@ -78,7 +78,9 @@ export interface ObserveRoots {
  */
 export class Observer {
   private probeCache = new Map<string, { key: string; probe: Probe }>();
-  private backingIds = new Map<string, { key: string; id: BackingId | undefined }>();
+  private backingIds = new Map<string, { key: string; id: BackingId | undefined; retryAt?: number }>();
+  /** Told how many devices a `losetup --list` is run for (the daemon logs it at debug level). */
+  onBackingQuery?: (devices: number) => void;
   /** Loop devices held by mounts under mountdir, by "major:minor", with the mount IDs that held them (see readLoops). */
   private heldLoops = new Map<string, { loop: LoopDevice; holders: string }>();
   /** Bound loop devices no mount under mountdir holds (see readLoops). */
@@ -233,21 +235,26 @@ export class Observer {
   private async identifyBacking(mounts: readonly MountEntry[], loops: Map<string, LoopDevice>, timeoutMs: number): Promise<void> {
     const wanted: LoopDevice[] = [];
     const live = new Set<string>();
+    const now = this.clock();
     for (const m of mounts) {
       const loop = loops.get(m.majorMinor);
       if (!loop) continue;
       live.add(loop.name);
       const known = this.backingIds.get(loop.name);
-      if (known?.key === loop.backingFile) loop.backing = known.id;
+      if (known?.key === loop.backingFile && (known.id !== undefined || known.retryAt === undefined || known.retryAt > now)) loop.backing = known.id;
       else wanted.push(loop);
     }
     for (const name of this.backingIds.keys()) if (!live.has(name)) this.backingIds.delete(name);
     if (wanted.length === 0) return;
+    this.onBackingQuery?.(wanted.length);
     let ids: Map<string, BackingId>;
     try {
       ids = await readBackingIds(this.run, wanted.map((l) => l.name), timeoutMs);
     } catch {
-      // Unknown for now: such a device is judged by its path this tick, and asked again next tick.
+      // Unknown for now: judged by their paths, and asked again only after a while. losetup
+      // --list asks the kernel of every device, which stats each backing file: on the file
+      // server, with thousands of images, every tick, it was 10,000 getattr a run.
+      for (const loop of wanted) this.backingIds.set(loop.name, { key: loop.backingFile, id: undefined, retryAt: now + LOOP_FULL_SCAN_MS });
       return;
     }
     for (const loop of wanted) {
