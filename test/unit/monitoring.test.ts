@@ -44,6 +44,8 @@ describe("alerting rules (packaging/prometheus/scratch_manager.rules.yml)", () =
       "ScratchManagerDatadirUnavailable",
       "ScratchManagerDown",
       "ScratchManagerNotTicking",
+      "ScratchManagerPeerFillOff",
+      "ScratchManagerPeerSendsWrongBytes",
       "ScratchManagerPinNotCached",
       "ScratchManagerProblems",
     ]);
