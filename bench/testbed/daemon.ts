@@ -26,6 +26,16 @@ export interface LogEvent {
   [key: string]: unknown;
 }
 
+/**
+ * Where a daemon runs: its files go under `root`, and `inGroup` wraps its
+ * argv (the testbed's Bed puts it in the throttled cgroup; a host without a
+ * cgroup returns the argv as it is).
+ */
+export interface DaemonHost {
+  readonly root: string;
+  inGroup(argv: readonly string[]): string[];
+}
+
 export interface DaemonDirs {
   datadir: string;
   cachedir: string;
@@ -53,7 +63,7 @@ export class Daemon {
    * Writes the configuration (`key = value` lines, the daemon's own format)
    * and starts `node build/src/cli.js --config FILE --verbose` in the cgroup.
    */
-  static async start(bed: Bed, dirs: DaemonDirs, keys: Record<string, string>, label: string, options: { cli?: string; env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<Daemon> {
+  static async start(bed: DaemonHost, dirs: DaemonDirs, keys: Record<string, string>, label: string, options: { cli?: string; env?: Record<string, string>; nodeArgs?: string[] } = {}): Promise<Daemon> {
     const home = path.join(bed.root, "daemon", label);
     await mkdir(path.join(home, "state"), { recursive: true });
     await mkdir(path.join(home, "run"), { recursive: true });
@@ -71,6 +81,11 @@ export class Daemon {
 
   get pid(): number | undefined {
     return this.child.pid;
+  }
+
+  /** Whether the process is still there (a configuration error ends it at once, with status 2). */
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
   }
 
   private onLine(line: string): void {

@@ -15,8 +15,10 @@ import { fleetPaths, keyProblem, readKeyFile, readRecordLines, removeRecordFile,
 
 /** A copy that found no peer waits this long for the others that start it at the same moment to say so (records), then one of them reads the file server. */
 const ELECTION_MS = 1000;
-/** While every peer that has the image is busy, ask again this often, ... */
+/** While every peer that has the image is busy, ask again this often (and a random part of it more, so that a herd spreads out), ... */
 const BUSY_RETRY_MS = 500;
+/** ... reading the records again at most this often (with a thousand nodes, a read opens a thousand files on the file server), ... */
+const RECORDS_REREAD_MS = 5_000;
 /** ... and read the file server after this long without a free one. */
 const BUSY_GIVE_UP_MS = 20_000;
 /** A peer that broke a transfer off (dead, stalled) is not asked again for this long; ... */
@@ -55,6 +57,8 @@ interface ActiveCopy {
   /** Bumped when the copy starts over (from the file server after peers failed): a follower of the old file stops. */
   generation: number;
   ended: boolean;
+  /** Peers' bytes went into tmpPath: a start from the file server is another file. */
+  opened: boolean;
   written: number;
   sha: Promise<string | undefined>;
   settleSha: (sha: string | undefined) => void;
@@ -89,6 +93,7 @@ export class PeerFill {
   private recheckWanted = false;
   private server?: { server: PeerServer; listen: string };
   private records: PeerRecord[] = [];
+  private recordsReadAt = -Infinity;
   private readonly active = new Map<string, ActiveCopy>();
   private holdings = new Map<string, Holding>();
   private readonly avoid = new Map<string, number>();
@@ -349,6 +354,7 @@ export class PeerFill {
   private async readRecords(): Promise<PeerRecord[]> {
     const text = await this.options.channel(() => readRecordLines(this.options.run, this.paths.peers, this.timeoutMs(), this.options.lifetime), this.options.lifetime);
     this.records = parseRecords(text);
+    this.recordsReadAt = this.now();
     return live(this.records, this.node, this.now(), staleAfterMs(this.config.interval));
   }
 
@@ -395,7 +401,7 @@ export class PeerFill {
     const id: ImageIdentity = { file: job.imageFile, size: job.size, mtimeMs: job.mtimeMs };
     let settleSha: (sha: string | undefined) => void = () => undefined;
     const sha = new Promise<string | undefined>((resolve) => (settleSha = resolve));
-    const copy: ActiveCopy = { id, tmpPath: job.tmpPath, since: this.now(), from: "server", generation: 0, ended: false, written: 0, sha, settleSha };
+    const copy: ActiveCopy = { id, tmpPath: job.tmpPath, since: this.now(), from: "server", generation: 0, ended: false, opened: false, written: 0, sha, settleSha };
     this.active.set(id.file, copy);
     const log = this.options.logger.child({ dataset: job.name });
     try {
@@ -418,10 +424,11 @@ export class PeerFill {
 
   private async fillFromServer(job: FillJob, copy: ActiveCopy, fromServer: () => Promise<void>): Promise<FillResult> {
     // Whatever peers left is not this copy: cp starts a new file, which followers must not mix with the old.
+    // (Followers that came while this node was still choosing, before any byte, just wait for cp's file.)
+    if (copy.opened) copy.generation++;
     await unlink(job.tmpPath).catch((err: unknown) => {
       if (errnoCode(err) !== "ENOENT") throw err;
     });
-    copy.generation++;
     copy.from = "server";
     copy.written = 0;
     this.publishSoon();
@@ -459,6 +466,7 @@ export class PeerFill {
     if (!key) return undefined;
     const hash = createHash("sha256");
     const handle = await open(job.tmpPath, "w", 0o600);
+    copy.opened = true;
     const used = new Set<string>();
     let trailer: string | undefined;
     let complete = false;
@@ -468,8 +476,11 @@ export class PeerFill {
         if (job.abort.signal.aborted) throw new Error("cancelled");
         const roundStart = copy.written;
         for (const s of sources) {
-          copy.from = s.node;
-          this.dirty = true;
+          // Said at once: the nodes a busy peer turns away look for another node copying the image.
+          if (copy.from !== s.node) {
+            copy.from = s.node;
+            this.publishSoon();
+          }
           const before = copy.written;
           const outcome = await fetchFromPeer({
             node: s.node,
@@ -503,10 +514,12 @@ export class PeerFill {
         }
         if (complete) break;
         // No source moved the copy on (all busy, or broken at once): wait a while for one, then the file server.
+        const firstWait = waitingSince === undefined;
         waitingSince = copy.written > roundStart ? undefined : (waitingSince ?? this.now());
         if (waitingSince !== undefined && this.now() - waitingSince > BUSY_GIVE_UP_MS) return undefined;
-        await sleep(BUSY_RETRY_MS, job.abort.signal);
-        records = await this.readRecords();
+        await sleep(BUSY_RETRY_MS * (1 + Math.random()), job.abort.signal);
+        // Once at the first refusal (the others starting with this node have said what they copy by now), then at most every RECORDS_REREAD_MS.
+        if (firstWait || this.now() - this.recordsReadAt >= RECORDS_REREAD_MS) records = await this.readRecords();
         sources = chooseSources(records, self, id, this.avoiding());
         if (sources.length === 0) return undefined;
       }

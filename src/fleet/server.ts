@@ -127,7 +127,7 @@ export class PeerServer {
         trailer: SHA_TRAILER,
       });
       for await (const chunk of followFile(handle, { from: start, size: holding.size, growing: copying?.growing ?? (() => false), stallMs, signal })) {
-        if (!res.write(chunk)) await Promise.race([once(res, "drain"), once(res, "close")]);
+        if (!res.write(chunk)) await drainOrClose(res);
         if (signal.aborted) return;
         this.options.onServed(chunk.length);
       }
@@ -160,6 +160,19 @@ async function openHolding(file: string, copying: Holding["copying"], stallMs: n
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
+}
+
+/** Until the response can take more, or is gone; without leaving a listener behind (one per chunk would pile up). */
+function drainOrClose(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
 }
 
 function withTimeout<T>(p: Promise<T> | undefined, ms: number): Promise<T | undefined> {

@@ -287,6 +287,8 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
 
     // A key others can read turns peer fill off, said once; made private again and reloaded, it is back on.
     writeKey(fs, randomBytes(32), 0o644);
+    // The FUSE file server lets the kernel keep attributes for a second (as NFS does for longer): the new mode is seen after that.
+    await new Promise((r) => setTimeout(r, 1500));
     const c = startNode(root, track, 2);
     const warned = await c.d.waitForLog("peer fill off", (l) => l.level === "warn" && l.msg.startsWith("peer fill off: the fleet key"), 20_000);
     assert.match(warned.msg, /readable by others \(mode 644\); chmod 600/);
