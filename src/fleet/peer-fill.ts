@@ -344,15 +344,16 @@ export class PeerFill {
   }
 
   /** Publish now and wait for it (a copy's start must be seen by the others before the election ends). */
-  private async publishAwait(): Promise<void> {
+  private async publishAwait(signal: AbortSignal): Promise<void> {
     this.dirty = true;
-    while (this.publishing) await this.publishing;
+    while (this.publishing && !signal.aborted) await Promise.race([this.publishing, aborted(signal)]);
     this.publishSoon();
-    await this.publishing;
+    await Promise.race([this.publishing, aborted(signal)]);
   }
 
-  private async readRecords(): Promise<PeerRecord[]> {
-    const text = await this.options.channel(() => readRecordLines(this.options.run, this.paths.peers, this.timeoutMs(), this.options.lifetime), this.options.lifetime);
+  /** The records, through datadir's channel; `signal`: the copy cancelled (waiting behind a hung scan stops). */
+  private async readRecords(signal: AbortSignal): Promise<PeerRecord[]> {
+    const text = await this.options.channel(() => readRecordLines(this.options.run, this.paths.peers, this.timeoutMs(), signal), signal);
     this.records = parseRecords(text);
     this.recordsReadAt = this.now();
     return live(this.records, this.node, this.now(), staleAfterMs(this.config.interval));
@@ -449,15 +450,25 @@ export class PeerFill {
 
   /** Undefined when no peer could give the image (the caller reads the file server); throws only for local failures. */
   private async fillFromPeers(job: FillJob, copy: ActiveCopy, log: Logger): Promise<FillResult | undefined> {
+    // Cancelled copy or stopping daemon: whichever comes first ends every wait on the file server.
+    const { signal, dispose } = anySignal(job.abort.signal, this.options.lifetime);
+    try {
+      return await this.fillFromPeersUntil(job, copy, log, signal);
+    } finally {
+      dispose();
+    }
+  }
+
+  private async fillFromPeersUntil(job: FillJob, copy: ActiveCopy, log: Logger, signal: AbortSignal): Promise<FillResult | undefined> {
     const id = copy.id;
     const self = this.node;
-    let records = await this.readRecords();
+    let records = await this.readRecords(signal);
     let sources = chooseSources(records, self, id, this.avoiding());
     if (sources.length === 0) {
       // Others may be starting the same copy at this very moment: say so, wait for them to say so, and let the first read the file server.
-      await this.publishAwait();
+      await this.publishAwait(signal);
       await sleep(ELECTION_MS, job.abort.signal);
-      records = await this.readRecords();
+      records = await this.readRecords(signal);
       if (leader(records, { node: self, since: copy.since }, id) === self) return undefined;
       sources = chooseSources(records, self, id, this.avoiding());
       if (sources.length === 0) return undefined;
@@ -519,7 +530,7 @@ export class PeerFill {
         if (waitingSince !== undefined && this.now() - waitingSince > BUSY_GIVE_UP_MS) return undefined;
         await sleep(BUSY_RETRY_MS * (1 + Math.random()), job.abort.signal);
         // Once at the first refusal (the others starting with this node have said what they copy by now), then at most every RECORDS_REREAD_MS.
-        if (firstWait || this.now() - this.recordsReadAt >= RECORDS_REREAD_MS) records = await this.readRecords();
+        if (firstWait || this.now() - this.recordsReadAt >= RECORDS_REREAD_MS) records = await this.readRecords(signal);
         sources = chooseSources(records, self, id, this.avoiding());
         if (sources.length === 0) return undefined;
       }
@@ -528,7 +539,7 @@ export class PeerFill {
       await handle.close();
     }
     const got = hash.digest("hex");
-    const expected = trailer ?? (await this.awaitChecksum(id, job.abort.signal));
+    const expected = trailer ?? (await this.awaitChecksum(id, signal));
     if (expected === undefined || got !== expected) {
       this.counters.checksumMismatches += expected === undefined ? 0 : 1;
       const peers = [...used];
@@ -547,7 +558,7 @@ export class PeerFill {
   private async awaitChecksum(id: ImageIdentity, signal: AbortSignal): Promise<string | undefined> {
     const until = this.now() + CHECKSUM_WAIT_MS;
     for (;;) {
-      const sha = knownChecksum(await this.readRecords(), id);
+      const sha = knownChecksum(await this.readRecords(signal), id);
       if (sha !== undefined || this.now() > until || signal.aborted) return sha;
       await sleep(1000, signal);
     }
@@ -577,5 +588,25 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       },
       { once: true },
     );
+  });
+}
+
+/** Aborted when either is (AbortSignal.any is Node >= 20.3; the daemon runs on 18 too). */
+function anySignal(a: AbortSignal, b: AbortSignal): { signal: AbortSignal; dispose: () => void } {
+  const both = new AbortController();
+  const abort = () => both.abort();
+  for (const s of [a, b]) {
+    if (s.aborted) both.abort();
+    else s.addEventListener("abort", abort, { once: true });
+  }
+  // The daemon's lifetime signal outlives every copy: its listener goes with the copy.
+  return { signal: both.signal, dispose: () => [a, b].forEach((s) => s.removeEventListener("abort", abort)) };
+}
+
+/** Rejects when `signal` aborts (never resolves). */
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(new Error("cancelled"));
+    else signal.addEventListener("abort", () => reject(new Error("cancelled")), { once: true });
   });
 }

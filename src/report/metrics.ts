@@ -90,6 +90,7 @@ export class Metrics {
   private readonly dirReason: Gauge<"dir" | "reason">;
   private readonly problems: Gauge;
   private readonly peerEnabled: Gauge;
+  private readonly peerConfigured: Gauge;
   private readonly peersLive: Gauge;
   private readonly peerServing: Gauge;
   private readonly peerFillBytes: Counter<"source">;
@@ -142,6 +143,7 @@ export class Metrics {
     this.refusedImages = gauge("refused_images", "Files in the data directory refused as images.");
     this.cacheBytesServed = counter("cache_bytes_served_total", "Bytes read from cached copies, all datasets.");
     this.peerEnabled = gauge("peer_fill_enabled", "1 when peer fill is on (peer_listen set and the fleet key usable).");
+    this.peerConfigured = gauge("peer_fill_configured", "1 when peer_listen is set (peer fill wanted), whether or not it is on.");
     this.peersLive = gauge("peers_live", "Other nodes whose peer record is fresh.");
     this.peerServing = gauge("peer_transfers_serving", "Transfers this node is serving to peers now.");
     this.peerFillBytes = new Counter({
@@ -158,6 +160,9 @@ export class Metrics {
       registers,
     });
     this.peerMismatches = counter("peer_checksum_mismatches_total", "Copies from peers discarded because their SHA-256 did not match the image's.");
+    // Every label value at 0 from the start: a rate() over a series that appears later misses its first increase.
+    for (const source of ["peer", "server"]) this.peerFillBytes.inc({ source }, 0);
+    for (const reason of ["busy", "auth", "unknown"]) this.peerRefused.inc({ reason }, 0);
     this.tickDuration = new Histogram({
       name: `${PREFIX}tick_duration_seconds`,
       help: "Time one pass of the loop took.",
@@ -232,6 +237,7 @@ export class Metrics {
     this.problems.set(report.problems.length);
 
     const peers = report.peers;
+    this.peerConfigured.set(peers ? 1 : 0);
     if (peers) {
       const was = this.previousPeers ?? { fromPeersBytes: 0, fromServerBytes: 0, servedBytes: 0, refusedBusy: 0, refusedAuth: 0, refusedUnknown: 0, checksumMismatches: 0 };
       const c = peers.counters;
