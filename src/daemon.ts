@@ -22,9 +22,10 @@ import { budget, occupiedBytes, writableBytes } from "./plan/policy.js";
 import { Stats } from "./plan/stats.js";
 import { Notifier } from "./act/notify.js";
 import type { Layer } from "./plan/layers.js";
+import type { Holding } from "./fleet/server.js";
 import { Metrics } from "./report/metrics.js";
 import { STATUS_VERSION, type DatasetStatus, type StatusReport } from "./report/status.js";
-import { writeStatusFile } from "./report/status-file.js";
+import { statusBody, writeStatusFile } from "./report/status-file.js";
 import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devices.js";
 import { activePins, readPins, type Pin } from "./state/pins.js";
 import { formatBytes } from "./units.js";
@@ -81,6 +82,14 @@ export class Daemon {
   ticks = 0;
   private readonly notifier: Notifier;
   private readonly metrics = new Metrics();
+  /** The last tick that planned and had nothing to do (see tick: a quiet tick). */
+  private lastQuiet?: { key: string; catalog: Catalog; report: StatusReport; holdings: Holding[]; until: number; bodyKey: string };
+  /** Bumped when the configuration changes (a reload, datadir resolved): part of the quiet key. */
+  private configGeneration = 0;
+  /** Ticks that reused the last plan, since start (for the log and tests). */
+  quietTicks = 0;
+  /** The status file's body (all but the per-tick fields) for the report of `bodyKey`. */
+  private statusBody?: { key: string; json: string };
   /** Copies from and to the other nodes (fleet/); inert unless peer_listen is set and the fleet key is usable. */
   readonly peers: PeerFill;
   private metricsServer?: { close(): Promise<void>; port: number; listen: string };
@@ -173,18 +182,41 @@ export class Daemon {
     // Before any scan of datadir was believed (started while it is away), the datasets are what is mounted.
     const { images, probes } = view.data ? { images: view.data.listing.entries, probes: view.data.probes } : provisionalImages(partial, config);
     const snapshot: Snapshot = { ...partial, images, probes };
-    const stacks = layerStacks(snapshot, config);
+    // The mount stacks: not needed by a quiet tick (below), which is most ticks of an idle node.
+    let stacksMemo: Map<string, Layer[]> | undefined;
+    const stacksOf = (): Map<string, Layer[]> => (stacksMemo ??= layerStacks(snapshot, config));
+
+    // 5 (first: part of what a quiet tick compares). Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
+    const pins = await this.readPins(now);
+
+    // Everything the plan is made of, but time and the read statistics: the same as at the last tick
+    // that planned and found nothing to do means the same plan (see quietKey).
+    const key = this.quietKey(view, observation.mounts, loops, pins, copiesAtScan.size, now);
+    const last = this.lastQuiet?.key === key ? this.lastQuiet : undefined;
 
     // 3. Which images are datasets, which are refused, which are still being written.
-    const catalog = catalogue(snapshot, this.previous, config, mountedImages(stacks));
+    const catalog = last ? last.catalog : catalogue(snapshot, this.previous, config, mountedImages(stacksOf()));
     if (view.dataFresh) this.lastDatasetFiles = new Set([...catalog.datasets.values()].map((d) => d.imageFile));
-    this.reportRefusals(catalog);
+    if (!last) this.reportRefusals(catalog);
 
     // 4. Read statistics over the window.
     this.stats.update(snapshot, config, catalog.nameOfFile, [...catalog.datasets.keys(), ...catalog.pending]);
 
-    // 5. Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
-    const pins = await this.readPins(now);
+    // A quiet tick: nothing read within the window (every rate is 0), nothing changed, no time-bound
+    // event due (back-off, max_idle): the last plan stands and was done. Only the report is renewed.
+    if (last && now < last.until && now - this.stats.lastAnyReadAt > config.period * 1000) {
+      if (view.dataFresh) this.previous = snapshot;
+      this.ticks++;
+      this.quietTicks++;
+      const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: this.ticks, ms: Math.round(performance.now() - started) }, cacheBytesServed: this.stats.cacheBytesServed };
+      report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
+      await this.attempt("peer fill", () => this.peers.tick(this.config, last.holdings));
+      if (config.peerListen) report.peers = this.peers.view();
+      this.logger.debug({ datasets: report.datasets.length, quiet: true, ms: report.tick.ms }, "tick");
+      await this.publish(report, countStates(report), last.bodyKey);
+      return report;
+    }
+    const stacks = stacksOf();
 
     // 6. Decide (plan/decide.ts): the pins that fit, then the policy, within the budget
     //    (capacity, less copies held open, within keep_free); copies admitted into free space.
@@ -266,8 +298,46 @@ export class Daemon {
     if (unmounted > 0) report.mounting = { mounted: catalog.datasets.size - unmounted, total: catalog.datasets.size };
     const counts = countStates(report);
     this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
-    await this.publish(report, counts);
+    // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
+    const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && this.transfers.all.size === 0 && !holds.datadir && !holds.cachedir;
+    this.lastQuiet = settled ? { key, catalog, report, holdings, until: this.nextTimedEvent(now, [...catalog.datasets.keys()]), bodyKey: `quiet-${this.ticks}` } : undefined;
+    await this.publish(report, counts, this.lastQuiet?.bodyKey);
     return report;
+  }
+
+  /**
+   * What the plan is made of, as one string: the configuration, datadir's and
+   * cachedir's listings (by generation: a new listing is a change) and the
+   * cache file system's size and free space, the mounts under mountdir and
+   * their loop devices, the pins, and no copy. Time and the read statistics
+   * are checked apart (tick): with nothing read within the window, every rate
+   * is 0 whatever the time.
+   */
+  private quietKey(view: StorageView, mounts: readonly MountEntry[], loops: ReadonlyMap<string, LoopDevice>, pins: ReadonlyMap<string, number | undefined>, copies: number, now: number): string {
+    if (copies > 0 || this.transfers.all.size > 0 || view.changed.length > 0 || view.memoryChanged || !view.dataFresh || !view.cacheFresh) return `busy-${now}`;
+    const fs = view.cache?.fs;
+    const parts = [
+      `c${this.configGeneration}`,
+      `d${view.data?.generation ?? -1}`,
+      `k${view.cache?.generation ?? -1}:${fs?.totalBytes ?? 0}:${fs?.freeBytes ?? 0}`,
+      `p${[...pins].map(([name, until]) => `${name}=${until ?? ""}`).join(",")}`,
+    ];
+    for (const m of mounts) parts.push(`${m.mountId}:${m.majorMinor}:${m.mountPoint}`);
+    for (const l of loops.values()) parts.push(`${l.majorMinor}:${l.name}:${l.backingFile}:${l.deleted ? 1 : 0}`);
+    return parts.join("\n");
+  }
+
+  /** The first time after `now` at which the plan changes by itself: a back-off that ends, a dataset idle for max_idle. */
+  private nextTimedEvent(now: number, names: readonly string[]): number {
+    let next = Infinity;
+    for (const b of this.backoff.values()) if (b.until > now) next = Math.min(next, b.until);
+    if (this.config.maxIdle > 0) {
+      for (const name of names) {
+        const at = (this.stats.get(name)?.lastReadAt ?? now) + this.config.maxIdle * 1000;
+        if (at > now) next = Math.min(next, at);
+      }
+    }
+    return next;
   }
 
   /**
@@ -301,6 +371,7 @@ export class Daemon {
     if (view.dataFresh && real !== undefined && real !== this.config.datadir) {
       this.logger.info({ datadir: this.config.datadir, realPath: real }, "datadir resolved");
       this.config = { ...this.config, datadir: real };
+      this.configGeneration++;
     }
     if (view.newDatadirDev !== undefined && this.storage.datadirDevices.size > 1) {
       this.logger.info({ dir: "datadir", path: this.config.datadir, dev: view.newDatadirDev }, "datadir is on another file system; its images are there");
@@ -395,7 +466,7 @@ export class Daemon {
   }
 
   /** Status file, metrics and systemd; a failure of one is logged once and never stops the loop. */
-  private async publish(report: StatusReport, { cached, copying }: { cached: number; copying: number }): Promise<void> {
+  private async publish(report: StatusReport, { cached, copying }: { cached: number; copying: number }, bodyKey?: string): Promise<void> {
     const config = this.config;
     // Each tick's report sets a few series per dataset: not done when nobody reads them.
     if (config.metricsFile || config.metricsListen) this.metrics.update(report);
@@ -407,13 +478,23 @@ export class Daemon {
     const mounting = report.mounting ? `mounting ${report.mounting.mounted} of ${report.mounting.total}, ` : "";
     const summary = `${trouble}${mounting}${report.datasets.length} datasets, ${cached} cached, ${copying} copying, ${pct}% of ${formatBytes(report.cache.capacityBytes)}`;
     await Promise.all([
-      this.attempt("status file", () => writeStatusFile(config.runtimeDir, report)),
+      this.attempt("status file", () => writeStatusFile(config.runtimeDir, report, this.statusBodyFor(report, bodyKey))),
       this.attempt("metrics file", async () => {
         if (config.metricsFile) await this.metrics.writeFile(config.metricsFile);
       }),
       this.attempt("metrics listener", () => this.ensureMetricsServer()),
       this.attempt("systemd notify", () => this.notifier.sendChanged({ READY: "1", STATUS: summary, WATCHDOG: "1" })),
     ]);
+  }
+
+  /**
+   * The status file's stable part, serialized once for a run of quiet ticks
+   * (10,000 datasets make megabytes of JSON: once, not every tick).
+   */
+  private statusBodyFor(report: StatusReport, bodyKey: string | undefined): string | undefined {
+    if (bodyKey === undefined) return undefined;
+    if (this.statusBody?.key !== bodyKey) this.statusBody = { key: bodyKey, json: statusBody(report) };
+    return this.statusBody.json;
   }
 
   private async ensureMetricsServer(): Promise<void> {
@@ -447,6 +528,7 @@ export class Daemon {
   reconfigure(config: Config): void {
     // datadir keeps the real path the daemon resolved (the file names it as written).
     this.config = { ...config, datadir: this.config.datadir };
+    this.configGeneration++;
     // A reload is also how an administrator confirms a disappearance held back (plan/availability.ts).
     if (this.storage.confirm()) this.logger.warn({ dir: "datadir", path: this.config.datadir }, "datadir: the images that vanished are taken as removed at the next scan, as confirmed by the reload");
     this.stats.setPeriod(config.period * 1000);

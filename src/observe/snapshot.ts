@@ -40,12 +40,16 @@ export interface DataScan {
   realPath: string;
   /** The entries were listed (and lstat'ed) this time; false: the directory had not changed, the last listing stands. */
   listed: boolean;
+  /** Which listing this is (Observer.dataListings when it was made): the same number, the same entries. */
+  generation: number;
 }
 
 /** A scan of cachedir: its entries and its file system's space. */
 export interface CacheScan {
   listing: Listing;
   fs: FsUsage;
+  /** Which listing this is (Observer.cacheListings when it was made). */
+  generation: number;
 }
 
 /** What one tick observed: the machine's own state, and this tick's view of each directory. */
@@ -88,12 +92,15 @@ export class Observer {
   private lastLoopScan = -Infinity;
   /** Each loop device's last sampled read counter (see readCounters). */
   private counters = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
+  /** Listings of datadir and of cachedir made so far: a new one may list something new (the daemon's quiet ticks). */
+  dataListings = 0;
+  cacheListings = 0;
   readonly datadir: DirWatch<DataScan>;
   readonly cachedir: DirWatch<CacheScan>;
   /** datadir's real path, once resolved (it may not exist at start); forgotten when a scan fails. */
   private datadirReal?: string;
   /** The last listing of cachedir and when it was made. */
-  private lastCacheListing?: { listing: Listing; at: number };
+  private lastCacheListing?: { listing: Listing; at: number; generation: number };
   /** The last full listing of datadir and when it was made (see unchanged). */
   private lastListing?: { scan: DataScan; at: number };
 
@@ -291,7 +298,7 @@ export class Observer {
       if (last && last.scan.realPath === realPath && unchanged(last.scan.listing, dir, last.at, this.clock(), config)) {
         return { ...last.scan, listing: { ...last.scan.listing, dir }, listed: false };
       }
-      const scan = await this.listData(realPath, timeoutMs, signal);
+      const scan = { ...(await this.listData(realPath, timeoutMs, signal)), generation: ++this.dataListings };
       this.lastListing = { scan, at: this.clock() };
       return scan;
     } catch (err) {
@@ -301,7 +308,7 @@ export class Observer {
     }
   }
 
-  private async listData(realPath: string, timeoutMs: number, signal?: AbortSignal): Promise<DataScan> {
+  private async listData(realPath: string, timeoutMs: number, signal?: AbortSignal): Promise<Omit<DataScan, "generation">> {
     const listing = await listDirectory(this.run, realPath, timeoutMs, signal);
     const probes = new Map<string, Probe>();
     const seen = new Map<string, { key: string; probe: Probe }>();
@@ -339,11 +346,12 @@ export class Observer {
       const [dir, fs] = await Promise.all([statLocal(config.cachedir), statfsLocal(config.cachedir)]);
       const last = this.lastCacheListing;
       if (!copying && last && unchanged(last.listing, dir, last.at, this.clock(), { ...config, interval: 0 })) {
-        return { listing: { ...last.listing, dir }, fs };
+        return { listing: { ...last.listing, dir }, fs, generation: last.generation };
       }
       const listing = await listLocalDirectory(config.cachedir);
-      this.lastCacheListing = { listing, at: this.clock() };
-      return { listing, fs };
+      const generation = ++this.cacheListings;
+      this.lastCacheListing = { listing, at: this.clock(), generation };
+      return { listing, fs, generation };
     } catch (err) {
       this.lastCacheListing = undefined;
       throw err;

@@ -42,6 +42,8 @@ export class Stats {
   private readonly clock = new TickClock();
   /** Bytes served from the cache tier since start, including datasets since removed. */
   cacheBytesServed = 0;
+  /** When any dataset was last read (ms): with none within the window, every rate is 0 (the daemon's quiet ticks). */
+  lastAnyReadAt = -Infinity;
 
   constructor(private periodMs: number) {}
 
@@ -114,7 +116,10 @@ export class Stats {
       if (delta) {
         d.slow.add(tick, delta.slow);
         d.cache.add(tick, delta.cache);
-        if (delta.slow + delta.cache > 0) d.lastReadAt = now;
+        if (delta.slow + delta.cache > 0) {
+          d.lastReadAt = now;
+          this.lastAnyReadAt = now;
+        }
       }
       if (baseline !== undefined) {
         d.slow.trim(baseline);

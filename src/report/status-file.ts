@@ -43,12 +43,30 @@ export function statusFilePath(dir: string): string {
  * directory, mode 0755, when missing (systemd's RuntimeDirectory= may
  * already have).
  */
-export async function writeStatusFile(dir: string, report: StatusReport): Promise<void> {
+export async function writeStatusFile(dir: string, report: StatusReport, body?: string): Promise<void> {
   const created = await mkdir(dir, { recursive: true, mode: 0o755 });
   // mkdir's mode is masked by the umask; only the directory we created is
   // ours to chmod (an administrator may have chosen the mode of an existing one).
   if (created !== undefined) await chmod(dir, 0o755);
-  await writeFileAtomic(statusFilePath(dir), `${JSON.stringify(report)}\n`, 0o644);
+  await writeFileAtomic(statusFilePath(dir), `${body === undefined ? JSON.stringify(report) : withBody(report, body)}\n`, 0o644);
+}
+
+/** The fields a quiet tick renews (daemon.ts); the rest of a report is its body. */
+const PER_TICK = ["writtenAt", "tick", "storage", "peers", "cacheBytesServed"] as const;
+
+/** JSON of a report without its per-tick fields: serialized once for a run of quiet ticks. */
+export function statusBody(report: StatusReport): string {
+  const rest: Record<string, unknown> = { ...report };
+  for (const k of PER_TICK) delete rest[k];
+  return JSON.stringify(rest);
+}
+
+/** The JSON of `report`, its body taken as already serialized (statusBody of a report that differs only in the per-tick fields). */
+export function withBody(report: StatusReport, body: string): string {
+  const head: Record<string, unknown> = {};
+  for (const k of PER_TICK) if (report[k] !== undefined) head[k] = report[k];
+  const h = JSON.stringify(head);
+  return h === "{}" ? body : `${h.slice(0, -1)},${body.slice(1)}`;
 }
 
 /** A report older than this means the daemon is gone or stuck: a few ticks, but never less than 15 s. */

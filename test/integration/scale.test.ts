@@ -11,7 +11,7 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync,
 import path from "node:path";
 import { test } from "node:test";
 import type { StatusReport } from "../../src/report/status.js";
-import { CLI, Daemon, FaultFs, makeImage, stackAt, waitUntil, withRoot, type TestRoot } from "./harness.js";
+import { CLI, Daemon, FaultFs, makeImage, stackAt, startReader, waitUntil, withRoot, type TestRoot } from "./harness.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ticks = (d: Daemon) => d.logs.filter((l) => l.msg === "tick").length;
@@ -200,5 +200,38 @@ test("datadir listed only when it changed: a quiet datadir costs the file server
     utimesSync(rewritten, old, old);
     await waitUntil("an image rewritten in place seen at the safety-net listing", () => existsSync(path.join(root.mnt, "a2", "v.txt")) && readFileSync(path.join(root.mnt, "a2", "v.txt"), "utf8") === "v2", 20_000);
     assert.equal(d.logs.filter((l) => l.msg === "tick failed" || l.msg === "action failed").length, 0);
+  });
+});
+
+test("quiet ticks: an idle daemon keeps its last plan and only renews its report; a read, a new image, a pin each bring a full tick at once", async () => {
+  await withRoot("quiet", async (root, track) => {
+    const MB = 1024 * 1024;
+    for (const name of ["alpha", "beta", "gamma"]) makeImage(root, path.join(root.data, `${name}.sqfs`), { "data.bin": 2 * MB, "id.txt": name });
+    const d = track(Daemon.start(root, { period: 3, capacity: "64MB" }));
+    const quiet = () => d.logs.filter((l) => l.msg === "tick" && l.quiet === true).length;
+    await waitUntil("quiet ticks once everything is mounted and nothing was read for a window", () => quiet() >= 3, 30_000);
+    const before = statusJson(root);
+    assert.equal(before.datasets.length, 3);
+    assert.ok(before.datasets.every((s) => s.state === "slow"), "nothing read: nothing cached");
+    await sleep(1000);
+    const later = statusJson(root);
+    assert.ok(later.writtenAt > before.writtenAt && later.tick.count > before.tick.count, "the report is renewed by quiet ticks");
+    assert.deepEqual(later.datasets, before.datasets, "with the same datasets");
+
+    // A read: seen at the next sample of its counter, planned at once (it becomes hot and is cached).
+    const reader = startReader(path.join(root.mnt, "beta"));
+    await waitUntil("beta cached after it was read", () => stackAt(path.join(root.mnt, "beta")).length === 2, 40_000);
+    await reader.stop();
+    // A new image: a new listing of datadir, a full tick.
+    makeImage(root, path.join(root.data, "delta.sqfs"), { "id.txt": "delta" });
+    await waitUntil("delta mounted", () => existsSync(path.join(root.mnt, "delta", "id.txt")), 20_000);
+    // A pin: the pins change, a full tick.
+    const pin = spawnSync(process.execPath, [CLI, "pin", "gamma", "--state-dir", path.join(root.root, "state")], { encoding: "utf8" });
+    assert.equal(pin.status, 0, pin.stderr);
+    await waitUntil("gamma cached once pinned", () => stackAt(path.join(root.mnt, "gamma")).length === 2, 20_000);
+    // Quiet again once nothing is read for a window.
+    const q = quiet();
+    await waitUntil("quiet again", () => quiet() >= q + 3, 40_000);
+    assert.equal(readFileSync(path.join(root.mnt, "gamma", "id.txt"), "utf8"), "gamma");
   });
 });
