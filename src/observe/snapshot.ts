@@ -392,7 +392,7 @@ const ACTIVE_MS = 60_000;
 /** An idle device's counter is sampled at least this often... */
 const IDLE_SAMPLE_MS = 30_000;
 /** ...and this many of them each tick at least (a node with a few datasets samples them all). */
-const IDLE_SAMPLES = 200;
+const IDLE_SAMPLES = 50;
 
 /** How often every loop device is read from sysfs, not only those the tick needs (Observer.readLoops). */
 const LOOP_FULL_SCAN_MS = 300_000;
