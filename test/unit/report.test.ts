@@ -12,7 +12,9 @@ import {
   processAlive,
   readStatusFile,
   StatusFileError,
+  statusBody,
   statusFilePath,
+  withBody,
   writeStatusFile,
 } from "../../src/report/status-file.js";
 import type { DatasetStatus, StatusReport } from "../../src/report/status.js";
@@ -209,6 +211,17 @@ describe("status file: written atomically, read back with liveness checks", () =
     assert.equal((await stat(statusFilePath(runtime))).mode & 0o777, 0o644);
     assert.deepEqual(await readdir(runtime), ["status.json"]);
     assert.deepEqual(await readStatusFile(runtime, { now: T0 + 1000 }), { ...report, tick: { count: 101, ms: 7 } });
+  });
+
+  test("a quiet tick's file: the body serialized once, the per-tick fields renewed; the same JSON as a whole report", async () => {
+    const runtime = path.join(dir, "quiet");
+    const report = makeReport();
+    const body = statusBody(report);
+    assert.ok(!body.includes('"writtenAt"') && !body.includes('"tick"'), "the body holds no per-tick field");
+    const next: StatusReport = { ...report, writtenAt: T0 + 500, tick: { count: 102, ms: 3 }, cacheBytesServed: 77 };
+    assert.deepEqual(JSON.parse(withBody(next, body)), JSON.parse(JSON.stringify(next)));
+    await writeStatusFile(runtime, next, body);
+    assert.deepEqual(await readStatusFile(runtime, { now: T0 + 1000 }), next);
   });
 
   test("no status file: DaemonNotRunning naming the file", async () => {
