@@ -160,12 +160,13 @@ export class Observer {
     const ours = (file: string) => [config.datadir, config.cachedir, this.datadirReal].includes(path.dirname(file));
     const keep = (loop: LoopDevice) => {
       const by = holders.get(loop.majorMinor);
-      if (by !== undefined) held.set(loop.majorMinor, { loop: { ...loop, backing: undefined }, holders: by });
+      // The same object from tick to tick while the same mounts hold it (no copy: ten thousand a tick were most of the garbage).
+      if (by !== undefined) held.set(loop.majorMinor, { loop, holders: by });
       else if (ours(loop.backingFile)) unmounted.add(loop.majorMinor);
     };
     const cached = (majorMinor: string): LoopDevice | undefined => {
       const c = this.heldLoops.get(majorMinor);
-      return c && c.holders === holders.get(majorMinor) ? { ...c.loop } : undefined;
+      return c && c.holders === holders.get(majorMinor) ? c.loop : undefined;
     };
     let loops: LoopDevice[];
     const now = this.clock();
@@ -178,9 +179,18 @@ export class Observer {
       });
     } else {
       loops = [];
-      const wanted = new Set([...holders.keys(), ...this.unmountedLoops, ...[...this.heldLoops.keys()].filter((mm) => !holders.has(mm))]);
-      for (const mm of wanted) {
-        const loop = cached(mm) ?? (await readLoopDevice(mm, this.roots.sys));
+      // Held by a mount now, watched unmounted, or held at the last tick by mounts gone since (still bound? a dropped copy a reader holds open).
+      const misses: string[] = [];
+      const want = (mm: string) => {
+        const loop = cached(mm);
+        if (loop) loops.push(loop);
+        else misses.push(mm);
+      };
+      for (const mm of holders.keys()) want(mm);
+      for (const mm of this.unmountedLoops) if (!holders.has(mm)) want(mm);
+      for (const mm of this.heldLoops.keys()) if (!holders.has(mm) && !this.unmountedLoops.has(mm)) want(mm);
+      for (const mm of misses) {
+        const loop = await readLoopDevice(mm, this.roots.sys);
         if (loop) loops.push(loop);
       }
     }

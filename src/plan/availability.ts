@@ -90,9 +90,17 @@ export interface Assessment {
 }
 
 /** Hidden files are never datasets (editors' and copy tools' temporaries, our own records). */
-export function visibleNames(listing: Listing): Set<string> {
-  return new Set(listing.entries.map((e) => e.file).filter((f) => !f.startsWith(".")));
+export function visibleNames(listing: Listing): ReadonlySet<string> {
+  // A listing taken again from the last one (the directory unchanged) keeps its entries: the same names, not rebuilt every tick.
+  let names = namesOf.get(listing.entries);
+  if (!names) {
+    names = new Set(listing.entries.map((e) => e.file).filter((f) => !f.startsWith(".")));
+    namesOf.set(listing.entries, names);
+  }
+  return names;
 }
+
+const namesOf = new WeakMap<readonly unknown[], Set<string>>();
 
 /**
  * Whether a scan looks like the shared storage gone rather than images
