@@ -171,7 +171,7 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
     cli,
     env: { NOTIFY_SOCKET: "/run/systemd/notify-bench", PATH: `${bin}:${process.env.PATH ?? ""}` },
     // As the packaged launcher (packaging/scratch_manager) runs the daemon after the change.
-    nodeArgs: which === "after" ? ["--max-semi-space-size=1", ...(process.env.SM_SCALE_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")] : [],
+    nodeArgs: which === "after" ? ["--max-semi-space-size=1", "--heap-growing-percent=50", ...(process.env.SM_SCALE_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")] : [],
   });
   const pid = daemon.pid;
   if (pid === undefined) throw new Error("scale: the daemon has no pid");
