@@ -191,8 +191,11 @@ export class Daemon {
 
     // Everything the plan is made of, but time and the read statistics: the same as at the last tick
     // that planned and found nothing to do means the same plan (see quietKey).
-    const key = this.quietKey(view, observation.mounts, loops, pins, copiesAtScan.size, now);
-    const last = this.lastQuiet?.key === key ? this.lastQuiet : undefined;
+    // Built only when it is compared now or kept at the end (at 10,000 datasets it is a megabyte string):
+    // not at every tick of a first start, which has something to do at each.
+    let keyMemo: string | undefined;
+    const keyOf = (): string => (keyMemo ??= this.quietKey(view, observation.mounts, loops, pins, copiesAtScan.size, now));
+    const last = this.lastQuiet !== undefined && this.lastQuiet.key === keyOf() ? this.lastQuiet : undefined;
 
     // 3. Which images are datasets, which are refused, which are still being written.
     const catalog = last ? last.catalog : catalogue(snapshot, this.previous, config, mountedImages(stacksOf()));
@@ -300,7 +303,7 @@ export class Daemon {
     this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
     // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
     const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && this.transfers.all.size === 0 && !holds.datadir && !holds.cachedir;
-    this.lastQuiet = settled ? { key, catalog, report, holdings, until: this.nextTimedEvent(now, [...catalog.datasets.keys()]), bodyKey: `quiet-${this.ticks}` } : undefined;
+    this.lastQuiet = settled ? { key: keyOf(), catalog, report, holdings, until: this.nextTimedEvent(now, [...catalog.datasets.keys()]), bodyKey: `quiet-${this.ticks}` } : undefined;
     await this.publish(report, counts, this.lastQuiet?.bodyKey);
     return report;
   }

@@ -65,7 +65,8 @@ export async function hashFollowing(file: string, options: Omit<FollowOptions, "
   return hash.digest("hex");
 }
 
-async function openWhenThere(file: string, options: Omit<FollowOptions, "from">): Promise<FileHandle> {
+/** Open a copy's file, waiting (while its writer goes on, at most stallMs) for the writer to create it. */
+export async function openWhenThere(file: string, options: Pick<FollowOptions, "growing" | "stallMs" | "signal">): Promise<FileHandle> {
   const started = performance.now();
   for (;;) {
     try {

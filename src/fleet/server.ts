@@ -1,12 +1,12 @@
 import { once } from "node:events";
-import { open, type FileHandle } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { parseHostPort } from "../config.js";
 import { errorMessage } from "../errors.js";
 import { Verifier } from "./auth.js";
-import { followFile } from "./follow.js";
+import { followFile, openWhenThere } from "./follow.js";
 import { sameIdentity, type ImageIdentity } from "./records.js";
 
 /** What this node can serve of an image: its cached copy, or the copy it is making. */
@@ -108,9 +108,12 @@ export class PeerServer {
   private async send(holding: Holding, start: number, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const copying = holding.copying;
     const stallMs = this.options.stallMs();
+    // A cached copy is complete; a copy being made grows until its writer stops.
+    const growing = copying?.growing ?? (() => false);
     let handle: FileHandle;
     try {
-      handle = await openHolding(holding.path, copying, stallMs, signal);
+      // A copy whose temporary file is not created yet (its node is still choosing where to copy from): waited for.
+      handle = await openWhenThere(holding.path, { growing, stallMs, signal });
     } catch {
       return this.refuse(res, 404, "that copy is gone", "unknown");
     }
@@ -126,7 +129,7 @@ export class PeerServer {
         ...(start === 0 ? {} : { "content-range": `bytes ${start}-${holding.size - 1}/${holding.size}` }),
         trailer: SHA_TRAILER,
       });
-      for await (const chunk of followFile(handle, { from: start, size: holding.size, growing: copying?.growing ?? (() => false), stallMs, signal })) {
+      for await (const chunk of followFile(handle, { from: start, size: holding.size, growing, stallMs, signal })) {
         if (!res.write(chunk)) await drainOrClose(res);
         if (signal.aborted) return;
         this.options.onServed(chunk.length);
@@ -145,19 +148,6 @@ export class PeerServer {
       res.destroy();
     } finally {
       await handle.close();
-    }
-  }
-}
-
-async function openHolding(file: string, copying: Holding["copying"], stallMs: number, signal: AbortSignal): Promise<FileHandle> {
-  const started = performance.now();
-  for (;;) {
-    try {
-      return await open(file, "r");
-    } catch (err) {
-      // A copy whose temporary file is not created yet (its node is still choosing where to copy from).
-      if (!copying || !copying.growing() || signal.aborted || performance.now() - started > stallMs) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
 }
