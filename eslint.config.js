@@ -13,6 +13,13 @@ export default tseslint.config(
       "@typescript-eslint/no-explicit-any": "error",
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_" }],
       "no-console": "error",
+      // One clock (src/lib/clock.ts), passed to whatever reads the time: tests set it, and no code mixes an injected "now" with the real one.
+      "no-restricted-properties": [
+        "error",
+        { object: "Date", property: "now", message: "Take a Clock (src/lib/clock.ts) and call clock.now()." },
+        { object: "performance", property: "now", message: "Take a Clock (src/lib/clock.ts) and call clock.monotonic()." },
+      ],
+      "no-restricted-syntax": ["error", { selector: "NewExpression[callee.name='Date'][arguments.length=0]", message: "Take a Clock (src/lib/clock.ts): new Date(clock.now())." }],
       // Only src/act/exec.ts may start programs: one place that enforces
       // execFile with an argument array and a timeout, never a shell.
       "no-restricted-imports": [
@@ -29,6 +36,10 @@ export default tseslint.config(
   {
     files: ["src/act/exec.ts", "test/**", "bench/**", "packaging/**"],
     rules: { "no-restricted-imports": "off" },
+  },
+  {
+    files: ["src/lib/clock.ts", "test/**", "bench/**", "packaging/**"],
+    rules: { "no-restricted-properties": "off", "no-restricted-syntax": "off" },
   },
   {
     files: ["src/cli.ts", "src/commands/**", "test/**", "bench/**", "packaging/**"],

@@ -30,13 +30,14 @@ import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devic
 import { activePins, readPins, type Pin } from "./state/pins.js";
 import { formatBytes } from "./units.js";
 import { PeerFill } from "./fleet/peer-fill.js";
+import { systemClock, type Clock } from "./lib/clock.js";
 
 export interface DaemonOptions {
   config: Config;
   logger: Logger;
   run?: Runner;
   roots?: ObserveRoots;
-  clock?: () => number;
+  clock?: Clock;
   /** NOTIFY_SOCKET, for tests; process.env's by default. */
   notifySocket?: string;
 }
@@ -61,7 +62,7 @@ export class Daemon {
   readonly transfers: TransferPool;
   private readonly observer: Observer;
   private readonly run: Runner;
-  private readonly clock: () => number;
+  private readonly clock: Clock;
   private readonly roots: ObserveRoots;
   private previous?: Snapshot;
   /** What the daemon believes of datadir and cachedir (observe/storage.ts). */
@@ -98,11 +99,11 @@ export class Daemon {
     this.config = options.config;
     this.logger = options.logger;
     this.run = options.run ?? realRun;
-    this.clock = options.clock ?? Date.now;
+    this.clock = options.clock ?? systemClock;
     this.roots = options.roots ?? { proc: "/proc", sys: "/sys" };
     this.observer = new Observer(this.config, this.run, this.roots, this.clock);
     this.observer.onBackingQuery = (devices) => this.logger.debug({ devices }, "asking losetup for the backing files' identity");
-    this.storage = new Storage(this.config, this.clock());
+    this.storage = new Storage(this.config, this.clock.now());
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.stats = new Stats(this.config.period * 1000);
     this.peers = new PeerFill(this.config, {
@@ -112,7 +113,7 @@ export class Daemon {
       clock: this.clock,
       lifetime: this.lifetime.signal,
     });
-    this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET);
+    this.notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET, process.env.WATCHDOG_USEC, this.clock);
     this.transfers = new TransferPool({
       run: this.run,
       commandTimeoutS: this.config.commandTimeout,
@@ -144,7 +145,7 @@ export class Daemon {
     }
     try {
       this.bootId = await readBootId(this.roots.proc);
-      this.storage = new Storage(this.config, this.clock(), await readDatadirMemory(this.config.stateDir, this.bootId));
+      this.storage = new Storage(this.config, this.clock.now(), await readDatadirMemory(this.config.stateDir, this.bootId));
     } catch (err) {
       this.logger.warn({ err: errorMessage(err) }, "cannot read the file systems datadir was on; mounts made before a remount of datadir will be left alone");
     }
@@ -152,7 +153,7 @@ export class Daemon {
 
   /** One pass of observe -> plan -> diff -> act. */
   async tick(): Promise<StatusReport> {
-    const started = performance.now();
+    const started = this.clock.monotonic();
     const config = this.config;
 
     // Copies as they were before cachedir was scanned: one that finishes after the scan and before
@@ -211,7 +212,7 @@ export class Daemon {
       if (view.dataFresh) this.previous = snapshot;
       this.ticks++;
       this.quietTicks++;
-      const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: this.ticks, ms: Math.round(performance.now() - started) }, cacheBytesServed: this.stats.cacheBytesServed };
+      const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: this.ticks, ms: Math.round(this.clock.monotonic() - started) }, cacheBytesServed: this.stats.cacheBytesServed };
       report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
       await this.attempt("peer fill", () => this.peers.tick(this.config, last.holdings));
       if (config.peerListen) report.peers = this.peers.view();
@@ -270,7 +271,7 @@ export class Daemon {
       commandTimeoutMs: config.commandTimeout * 1000,
       onMounted: (target, source) => this.noteAttached(target, source, identities),
       // From now: a tick whose observing took longer than its interval still acts.
-      deadline: performance.now() + config.interval * 1000,
+      deadline: { clock: this.clock, at: this.clock.monotonic() + config.interval * 1000 },
     });
     if (attaching.length > 0) await this.attempt("attach journal", () => this.journal.end());
     // Files deleted from cachedir this tick: a scan of it started before (one slower than its tick) is out of date.
@@ -292,7 +293,7 @@ export class Daemon {
     if (view.dataFresh) this.previous = snapshot;
     this.ticks++;
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
-    const ms = Math.round(performance.now() - started);
+    const ms = Math.round(this.clock.monotonic() - started);
 
     // 9. Tell: the log, the status file, metrics, systemd.
     const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
@@ -558,7 +559,7 @@ export class Daemon {
   /** Tick every `interval` seconds until stop(); a finished copy wakes it early so the copy is mounted at once. */
   async runLoop(): Promise<void> {
     while (!this.stopping) {
-      const started = this.clock();
+      const started = this.clock.monotonic();
       try {
         await this.tick();
       } catch (err) {
@@ -566,7 +567,7 @@ export class Daemon {
         this.logger.error({ err: errorMessage(err) }, "tick failed");
       }
       if (this.stopping) break;
-      const delay = Math.max(0, this.config.interval * 1000 - (this.clock() - started));
+      const delay = Math.max(0, this.config.interval * 1000 - (this.clock.monotonic() - started));
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
         this.wakeUp = () => {
@@ -617,7 +618,7 @@ export class Daemon {
     // A scan of cachedir under way may predate the copy's rename (or its temporary file's removal).
     this.observer.cachedir.invalidate();
     if (outcome.ok) this.backoff.delete(name);
-    else if (!outcome.cancelled) this.fail(name, this.clock());
+    else if (!outcome.cancelled) this.fail(name, this.clock.now());
     this.wake();
   }
 

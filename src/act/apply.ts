@@ -1,5 +1,6 @@
 import { mkdir, rmdir, stat, unlink } from "node:fs/promises";
 import pMap from "p-map";
+import type { Clock } from "../lib/clock.js";
 import type { Logger } from "pino";
 import { errnoCode, errorMessage } from "../errors.js";
 import { majorMinorOf } from "../observe/loops.js";
@@ -18,12 +19,12 @@ export interface ActContext {
   /** Called after each mount, so the daemon can read the new loop device's counter before jobs do. */
   onMounted?: (target: string, source: string) => Promise<void>;
   /**
-   * No key is started after this time (performance.now()): the steps of
+   * No key is started after `at` on `clock`'s monotonic time: the steps of
    * keys left over are done by later ticks (the diff asks for them again),
    * so that ten thousand new images do not hold one tick, and with it the
    * status, the watchdog and READY=1, for minutes.
    */
-  deadline?: number;
+  deadline?: { clock: Clock; at: number };
 }
 
 /**
@@ -70,7 +71,7 @@ export async function act(actions: readonly Action[], ctx: ActContext): Promise<
   await pMap(
     keys,
     async (steps) => {
-      if (ctx.deadline !== undefined && performance.now() > ctx.deadline) {
+      if (ctx.deadline !== undefined && ctx.deadline.clock.monotonic() > ctx.deadline.at) {
         outcome.deferred += steps.length;
         return;
       }

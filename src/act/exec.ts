@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { systemClock } from "../lib/clock.js";
 
 /**
  * The one place that starts programs. Always execFile with an argument array
@@ -58,7 +59,7 @@ export class CommandFailedError extends Error {
 }
 
 export const run: Runner = (file, args, options) => {
-  const started = performance.now();
+  const started = systemClock.monotonic();
   const argv = [file, ...args];
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -80,7 +81,7 @@ export const run: Runner = (file, args, options) => {
         options.signal?.removeEventListener("abort", onAbort);
         if (settled) return;
         settled = true;
-        const ms = Math.round(performance.now() - started);
+        const ms = Math.round(systemClock.monotonic() - started);
         if (!error) {
           resolve({ stdout, stderr, ms });
           return;
@@ -114,7 +115,7 @@ export const run: Runner = (file, args, options) => {
       settled = true;
       options.signal?.removeEventListener("abort", onAbort);
       detach();
-      const ms = Math.round(performance.now() - started);
+      const ms = Math.round(systemClock.monotonic() - started);
       reject(new CommandFailedError(argv, null, "SIGKILL", "", ms, timedOut, !timedOut, true));
     };
     const armAbandon = (afterMs: number, timedOut: boolean) => {

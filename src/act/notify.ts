@@ -1,4 +1,5 @@
 import type { Runner } from "./exec.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /**
  * sd_notify(3) through systemd-notify(1): Node has no AF_UNIX datagram
@@ -21,7 +22,7 @@ export class Notifier {
     private readonly run: Runner,
     private readonly socket: string | undefined = process.env.NOTIFY_SOCKET,
     watchdogUsec: string | undefined = process.env.WATCHDOG_USEC,
-    private readonly clock: () => number = Date.now,
+    private readonly clock: Clock = systemClock,
   ) {
     const usec = Number(watchdogUsec);
     this.repeatMs = Number.isFinite(usec) && usec > 0 ? usec / 2000 : 60_000;
@@ -40,7 +41,7 @@ export class Notifier {
   /** send(), unless the same message went out less than the repeat period ago. */
   async sendChanged(fields: Record<string, string>): Promise<void> {
     const text = JSON.stringify(fields);
-    const now = this.clock();
+    const now = this.clock.monotonic();
     if (this.last?.text === text && now - this.last.at < this.repeatMs) return;
     await this.send(fields);
     this.last = { text, at: now };

@@ -6,6 +6,7 @@ import { sameVersion, type Dataset } from "../plan/catalog.js";
 import type { TransferInfo } from "../plan/diff.js";
 import { MiB } from "../units.js";
 import type { Runner } from "./exec.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /** A copy may be long (terabytes over NFS); a stalled one is cut by rsync's I/O timeout or cp's stall watchdog (commandTimeoutS). */
 const COPY_TIMEOUT_MS = 48 * 3600 * 1000;
@@ -43,7 +44,7 @@ export interface TransferPoolOptions {
    * (fleet/peer-fill.ts). The file server alone when absent.
    */
   fill?: (t: Transfer, fromServer: () => Promise<void>) => Promise<unknown>;
-  clock?: () => number;
+  clock?: Clock;
   /**
    * Size and mtime of an image, to check that it did not change during its
    * copy. The image is on the file server: the daemon reads it through
@@ -66,8 +67,12 @@ export class TransferPool {
 
   constructor(private readonly options: TransferPoolOptions) {}
 
+  private get clock(): Clock {
+    return this.options.clock ?? systemClock;
+  }
+
   private now(): number {
-    return (this.options.clock ?? Date.now)();
+    return this.clock.now();
   }
 
   /** New limits from a reloaded configuration; running copies keep the ones they started with. */
@@ -136,7 +141,7 @@ export class TransferPool {
 
   private async copy(t: Transfer): Promise<CopyOutcome> {
     const log = this.options.logger.child({ dataset: t.name });
-    const started = performance.now();
+    const started = this.clock.monotonic();
     log.info({ source: t.source, bytes: t.size }, "copy started");
     try {
       await removeIfPresent(t.tmpPath);
@@ -155,13 +160,13 @@ export class TransferPool {
       if (t.abort.signal.aborted) throw new Error("cancelled");
       await rename(t.tmpPath, t.dest);
       await fsyncFile(path.dirname(t.dest));
-      const ms = Math.round(performance.now() - started);
+      const ms = Math.round(this.clock.monotonic() - started);
       log.info({ bytes: t.size, ms, mbps: Number((t.size / MiB / Math.max(ms / 1000, 0.001)).toFixed(1)) }, "copy finished");
       return { ok: true, bytes: t.size, ms };
     } catch (err) {
       const cancelled = t.abort.signal.aborted;
       await removeIfPresent(t.tmpPath).catch((e: unknown) => log.error({ err: errorMessage(e), file: t.tmpPath }, "cannot remove temporary file"));
-      if (!cancelled) log.error({ err: errorMessage(err), ms: Math.round(performance.now() - started) }, "copy failed");
+      if (!cancelled) log.error({ err: errorMessage(err), ms: Math.round(this.clock.monotonic() - started) }, "copy failed");
       return { ok: false, error: errorMessage(err), cancelled };
     }
   }

@@ -1,6 +1,7 @@
 import { run as realRun, type Runner } from "../act/exec.js";
 import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 import { validName } from "../names.js";
 import { datasetsInComment, readSlurmJob, type SlurmJob } from "../slurm/job.js";
 import { isActive, readPins, updatePins, type Pin } from "../state/pins.js";
@@ -19,7 +20,7 @@ export interface PinFlags {
 export interface SlurmDeps {
   run: Runner;
   env: NodeJS.ProcessEnv;
-  now: () => number;
+  clock: Clock;
 }
 
 /** A job without a time limit (UNLIMITED): its pins end a week on, if its epilog never removes them (a node that died). */
@@ -43,10 +44,10 @@ function describe(p: Pin): string {
 
 /** `scratch_manager pin [NAME...] [--for 4h] [--owner ID]`: with no name, lists the pins. */
 export async function pinCommand(names: string[], flags: PinFlags): Promise<void> {
-  if (flags.slurmJob !== undefined) return pinSlurmJob(names, flags, { run: realRun, env: process.env, now: Date.now });
+  if (flags.slurmJob !== undefined) return pinSlurmJob(names, flags, { run: realRun, env: process.env, clock: systemClock });
   const stateDir = await stateDirFor(flags);
   if (names.length === 0) {
-    const now = Date.now();
+    const now = systemClock.now();
     for (const p of (await readPins(stateDir)).filter((p) => isActive(p, now))) process.stdout.write(`${describe(p)}\n`);
     return;
   }
@@ -55,10 +56,10 @@ export async function pinCommand(names: string[], flags: PinFlags): Promise<void
   if (flags.for !== undefined) {
     const seconds = parseDuration(flags.for);
     if (seconds === undefined || !(seconds > 0)) throw new UsageError(`pin: --for ${JSON.stringify(flags.for)} is not valid; expected ${DURATION_FORMS}`);
-    until = Date.now() + seconds * 1000;
+    until = systemClock.now() + seconds * 1000;
   }
   const owner = flags.owner ?? DEFAULT_OWNER;
-  const pins = await updatePins(stateDir, (pins) => [
+  const pins = await updatePins(stateDir, systemClock, (pins) => [
     ...pins.filter((p) => !(names.includes(p.name) && p.owner === owner)),
     ...names.map((name): Pin => (until === undefined ? { name, owner } : { name, owner, until })),
   ]);
@@ -76,7 +77,7 @@ export async function unpinCommand(names: string[], flags: PinFlags): Promise<vo
   const stateDir = await stateDirFor(flags);
   const owner = flags.owner ?? DEFAULT_OWNER;
   const removed: Pin[] = [];
-  await updatePins(stateDir, (pins) =>
+  await updatePins(stateDir, systemClock, (pins) =>
     pins.filter((p) => {
       const drop = (names.length === 0 || names.includes(p.name)) && (flags.all === true || p.owner === owner);
       if (drop) removed.push(p);
@@ -130,9 +131,9 @@ export async function pinSlurmJob(names: string[], flags: PinFlags, deps: SlurmD
       process.stderr.write(`scratch_manager: ${errorMessage(err)}; pinning for ${UNLIMITED_JOB_PIN_S} s\n`);
     }
     const owner = flags.owner ?? `slurm-${id}`;
-    const until = deps.now() + seconds * 1000;
+    const until = deps.clock.now() + seconds * 1000;
     const stateDir = await stateDirFor(flags);
-    const pins = await updatePins(stateDir, (pins) => [...pins.filter((p) => !(valid.includes(p.name) && p.owner === owner)), ...valid.map((name): Pin => ({ name, owner, until }))]);
+    const pins = await updatePins(stateDir, deps.clock, (pins) => [...pins.filter((p) => !(valid.includes(p.name) && p.owner === owner)), ...valid.map((name): Pin => ({ name, owner, until }))]);
     for (const p of pins.filter((p) => valid.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p)}\n`);
   }
   if (invalid.length > 0) {

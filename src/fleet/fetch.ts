@@ -5,6 +5,7 @@ import { parseHostPort } from "../config.js";
 import { sign } from "./auth.js";
 import type { ImageIdentity } from "./records.js";
 import { imageUrl, SHA_TRAILER } from "./server.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 export type FetchOutcome =
   /** Every byte up to the image's size arrived; the sender's checksum, if it sent one. */
@@ -30,7 +31,7 @@ export interface FetchOptions {
   /** Give up when nothing arrives for this long. */
   stallMs: number;
   signal?: AbortSignal;
-  clock?: () => number;
+  clock?: Clock;
 }
 
 /**
@@ -42,7 +43,7 @@ export async function fetchFromPeer(o: FetchOptions): Promise<FetchOutcome> {
   const { host, port } = parseHostPort(o.node, "peer");
   const target = imageUrl(o.id);
   const range = o.offset > 0 ? `bytes=${o.offset}-` : undefined;
-  const now = (o.clock ?? Date.now)();
+  const now = (o.clock ?? systemClock).now();
   const headers: Record<string, string> = { authorization: sign(o.key, { method: "GET", path: target, range }, now) };
   if (range) headers.range = range;
   const abort = new AbortController();

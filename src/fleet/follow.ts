@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /** Read size of one step; the copies are read from the local SSD's page cache, just written. */
 const CHUNK = 1024 * 1024;
@@ -20,6 +21,8 @@ export interface FollowOptions {
   /** Give up after the file has not grown for this long. */
   stallMs: number;
   signal?: AbortSignal;
+  /** Durations are measured on its monotonic time; the system's by default. */
+  clock?: Clock;
 }
 
 /**
@@ -31,8 +34,9 @@ export interface FollowOptions {
  * stopped short (its copy failed) or stalled.
  */
 export async function* followFile(handle: FileHandle, options: FollowOptions): AsyncGenerator<Buffer> {
+  const clock = options.clock ?? systemClock;
   let offset = options.from;
-  let movedAt = performance.now();
+  let movedAt = clock.monotonic();
   while (offset < options.size) {
     if (options.signal?.aborted) throw new FollowEnded("cancelled");
     const want = Math.min(CHUNK, options.size - offset);
@@ -42,13 +46,13 @@ export async function* followFile(handle: FileHandle, options: FollowOptions): A
     const { bytesRead } = await handle.read(buffer, 0, want, offset);
     if (bytesRead > 0) {
       offset += bytesRead;
-      movedAt = performance.now();
+      movedAt = clock.monotonic();
       yield bytesRead === want ? buffer : buffer.subarray(0, bytesRead);
       continue;
     }
     if (!growing) throw new FollowEnded(`the copy ended at byte ${offset} of ${options.size}`);
-    if (performance.now() - movedAt > options.stallMs) throw new FollowEnded(`the copy did not grow for ${Math.round(options.stallMs / 1000)} s at byte ${offset} of ${options.size}`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    if (clock.monotonic() - movedAt > options.stallMs) throw new FollowEnded(`the copy did not grow for ${Math.round(options.stallMs / 1000)} s at byte ${offset} of ${options.size}`);
+    await clock.sleep(POLL_MS, options.signal);
   }
 }
 
@@ -66,15 +70,16 @@ export async function hashFollowing(file: string, options: Omit<FollowOptions, "
 }
 
 /** Open a copy's file, waiting (while its writer goes on, at most stallMs) for the writer to create it. */
-export async function openWhenThere(file: string, options: Pick<FollowOptions, "growing" | "stallMs" | "signal">): Promise<FileHandle> {
-  const started = performance.now();
+export async function openWhenThere(file: string, options: Pick<FollowOptions, "growing" | "stallMs" | "signal" | "clock">): Promise<FileHandle> {
+  const clock = options.clock ?? systemClock;
+  const started = clock.monotonic();
   for (;;) {
     try {
       return await open(file, "r");
     } catch (err) {
       const missing = (err as NodeJS.ErrnoException).code === "ENOENT";
-      if (!missing || !options.growing() || options.signal?.aborted || performance.now() - started > options.stallMs) throw err;
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      if (!missing || !options.growing() || options.signal?.aborted || clock.monotonic() - started > options.stallMs) throw err;
+      await clock.sleep(POLL_MS, options.signal);
     }
   }
 }

@@ -12,6 +12,7 @@ import { hashFile, hashFollowing } from "./follow.js";
 import { chooseSources, knownChecksum, leader, live, parseRecords, publishEveryMs, RECORD_VERSION, recordFileName, staleAfterMs, type ImageIdentity, type PeerRecord, type RecordImage } from "./records.js";
 import { PeerServer, type Holding } from "./server.js";
 import { fleetPaths, keyProblem, readKeyFile, readRecordLines, removeRecordFile, writeRecordFile } from "./shared-dir.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /** A copy that found no peer waits this long for the others that start it at the same moment to say so (records), then one of them reads the file server. */
 const ELECTION_MS = 1000;
@@ -72,7 +73,7 @@ export interface PeerFillOptions {
   logger: Logger;
   /** datadir's one-at-a-time channel (observe/dir-watch.ts): every record and key read or write goes through it. */
   channel: <R>(op: () => Promise<R>, signal?: AbortSignal) => Promise<R>;
-  clock?: () => number;
+  clock?: Clock;
   /** Called when a record says something new may be fetched (a copy finished): the daemon wakes its loop. */
   lifetime: AbortSignal;
 }
@@ -112,8 +113,12 @@ export class PeerFill {
     this.checksums = new Checksums(config.stateDir);
   }
 
+  private get clock(): Clock {
+    return this.options.clock ?? systemClock;
+  }
+
   private now(): number {
-    return (this.options.clock ?? Date.now)();
+    return this.clock.now();
   }
 
   /** This node's name in the fleet: the HOST:PORT the others reach it at. */
@@ -255,7 +260,7 @@ export class PeerFill {
         }
         else this.counters.refusedUnknown++;
       },
-      clock: this.options.clock,
+      clock: this.clock,
     });
     try {
       this.serverPort = await server.listen(listen);
@@ -467,7 +472,7 @@ export class PeerFill {
     if (sources.length === 0) {
       // Others may be starting the same copy at this very moment: say so, wait for them to say so, and let the first read the file server.
       await this.publishAwait(signal);
-      await sleep(ELECTION_MS, job.abort.signal);
+      await this.clock.sleep(ELECTION_MS, job.abort.signal);
       records = await this.readRecords(signal);
       if (leader(records, { node: self, since: copy.since }, id) === self) return undefined;
       sources = chooseSources(records, self, id, this.avoiding());
@@ -503,6 +508,7 @@ export class PeerFill {
             onBytes: (n) => (copy.written += n),
             stallMs: Math.min(this.stallMs(), 30_000),
             signal: job.abort.signal,
+            clock: this.clock,
           });
           if (copy.written > before) used.add(s.node);
           if (outcome.kind === "complete") {
@@ -528,7 +534,7 @@ export class PeerFill {
         const firstWait = waitingSince === undefined;
         waitingSince = copy.written > roundStart ? undefined : (waitingSince ?? this.now());
         if (waitingSince !== undefined && this.now() - waitingSince > BUSY_GIVE_UP_MS) return undefined;
-        await sleep(BUSY_RETRY_MS * (1 + Math.random()), job.abort.signal);
+        await this.clock.sleep(BUSY_RETRY_MS * (1 + Math.random()), job.abort.signal);
         // Once at the first refusal (the others starting with this node have said what they copy by now), then at most every RECORDS_REREAD_MS.
         if (firstWait || this.now() - this.recordsReadAt >= RECORDS_REREAD_MS) records = await this.readRecords(signal);
         sources = chooseSources(records, self, id, this.avoiding());
@@ -548,7 +554,7 @@ export class PeerFill {
       return undefined;
     }
     // The copy carries the image's mtime, as cp --preserve=timestamps gives it: that is how a cached copy is recognised.
-    await utimes(job.tmpPath, new Date(), new Date(id.mtimeMs));
+    await utimes(job.tmpPath, new Date(this.now()), new Date(id.mtimeMs));
     this.counters.fromPeersBytes += id.size;
     log.info({ peers: [...used], bytes: id.size }, "filled from peers, checksum verified");
     return { from: [...used].join(",") || copy.from, sha256: got };
@@ -560,7 +566,7 @@ export class PeerFill {
     for (;;) {
       const sha = knownChecksum(await this.readRecords(signal), id);
       if (sha !== undefined || this.now() > until || signal.aborted) return sha;
-      await sleep(1000, signal);
+      await this.clock.sleep(1000, signal);
     }
   }
 
@@ -575,20 +581,6 @@ export class PeerFill {
       .channel(() => removeRecordFile(this.options.run, peers, file, Math.min(this.timeoutMs(), 5000)))
       .catch((err: unknown) => this.options.logger.warn({ err: errorMessage(err) }, "cannot remove the peer record"));
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      { once: true },
-    );
-  });
 }
 
 /** Aborted when either is (AbortSignal.any is Node >= 20.3; the daemon runs on 18 too). */

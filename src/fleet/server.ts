@@ -8,6 +8,7 @@ import { errorMessage } from "../errors.js";
 import { Verifier } from "./auth.js";
 import { followFile, openWhenThere } from "./follow.js";
 import { sameIdentity, type ImageIdentity } from "./records.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /** What this node can serve of an image: its cached copy, or the copy it is making. */
 export interface Holding extends ImageIdentity {
@@ -28,7 +29,7 @@ export interface PeerServerOptions {
   logger: Logger;
   onServed: (bytes: number) => void;
   onRefused: (why: "busy" | "auth" | "unknown") => void;
-  clock?: () => number;
+  clock?: Clock;
 }
 
 export const IMAGE_PATH = "/v1/images/";
@@ -82,7 +83,7 @@ export class PeerServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const now = (this.options.clock ?? Date.now)();
+    const now = (this.options.clock ?? systemClock).now();
     if (req.method !== "GET") return this.refuse(res, 405, "only GET");
     const target = req.url ?? "";
     const range = typeof req.headers.range === "string" ? req.headers.range : undefined;

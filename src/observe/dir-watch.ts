@@ -1,5 +1,6 @@
 import type { ScanView } from "../plan/availability.js";
 import { ScanError } from "./scan.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 /** Thrown by DirWatch.exclusive when its caller gave up while waiting for its turn. */
 export class AbortedError extends Error {
@@ -43,7 +44,7 @@ export class DirWatch<T> {
 
   constructor(
     readonly dir: string,
-    private readonly clock: () => number = Date.now,
+    private readonly clock: Clock = systemClock,
   ) {}
 
   /** Run `op` once every operation queued before it has settled. A caller that aborts stops waiting (the operation, if started, runs on). */
@@ -80,7 +81,7 @@ export class DirWatch<T> {
    * A scan that ends later is kept for the next tick, which sees it fresh.
    */
   async poll(job: (signal?: AbortSignal) => Promise<T>, waitMs: number, signal?: AbortSignal): Promise<ScanView<T>> {
-    const deadline = performance.now() + waitMs;
+    const deadline = this.clock.monotonic() + waitMs;
     for (;;) {
       // A scan started before the last invalidate() is thrown away, and another started.
       if (this.unread && this.unread.generation !== this.generation) this.unread = undefined;
@@ -91,7 +92,7 @@ export class DirWatch<T> {
       }
       if (!this.scan) this.start(job, signal);
       const scan = this.scan as NonNullable<typeof this.scan>;
-      const remaining = deadline - performance.now();
+      const remaining = deadline - this.clock.monotonic();
       if (remaining <= 0 || signal?.aborted) return { kind: "waiting", since: scan.since };
       let stopWaiting = () => {};
       const timeout = new Promise<void>((resolve) => {
@@ -111,13 +112,13 @@ export class DirWatch<T> {
 
   /** Start a scan; it runs on when its tick stops waiting, but not past the daemon's end (`signal`). */
   private start(job: (signal?: AbortSignal) => Promise<T>, signal?: AbortSignal): void {
-    const since = this.clock();
+    const since = this.clock.now();
     const generation = this.generation;
     const done = this.exclusive(() => job(signal)).then(
-      (result): ScanView<T> => ({ kind: "fresh", result, at: this.clock() }),
+      (result): ScanView<T> => ({ kind: "fresh", result, at: this.clock.now() }),
       (err: unknown): ScanView<T> => {
         const e = err instanceof ScanError ? err : new ScanError("EIO", err instanceof Error ? err.message : String(err));
-        return { kind: "failed", code: e.code, message: e.message, timedOut: e.timedOut, at: this.clock() };
+        return { kind: "failed", code: e.code, message: e.message, timedOut: e.timedOut, at: this.clock.now() };
       },
     );
     this.scan = {

@@ -8,6 +8,7 @@ import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.j
 import { readBackingIds, readLoopCounter, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";
 import { readMountinfo, type MountEntry } from "./mountinfo.js";
 import { listDirectory, listLocalDirectory, readHeaders, realDirectory, scanFailure, ScanError, statFile, statfsLocal, statLocal, type DirStat, type Listing } from "./scan.js";
+import { systemClock, type Clock } from "../lib/clock.js";
 
 export interface FsUsage {
   totalBytes: number;
@@ -108,7 +109,7 @@ export class Observer {
     config: Pick<Config, "datadir" | "cachedir">,
     private readonly run: Runner,
     private readonly roots: ObserveRoots = { proc: "/proc", sys: "/sys" },
-    private readonly clock: () => number = Date.now,
+    private readonly clock: Clock = systemClock,
   ) {
     this.datadir = new DirWatch(config.datadir, clock);
     this.cachedir = new DirWatch(config.cachedir, clock);
@@ -137,7 +138,7 @@ export class Observer {
     const datadirMountDev = real === undefined ? undefined : (allMounts.filter((m) => m.mountPoint === real).at(-1)?.majorMinor ?? null);
     const loops = new Map(loopList.map((l) => [l.majorMinor, l]));
     await this.identifyBacking(mounts, loops, timeoutMs);
-    return { now: this.clock(), datadir, cachedir, mounts, loops, readBytes, datadirMountDev };
+    return { now: this.clock.now(), datadir, cachedir, mounts, loops, readBytes, datadirMountDev };
   }
 
   /**
@@ -169,7 +170,7 @@ export class Observer {
       return c && c.holders === holders.get(majorMinor) ? c.loop : undefined;
     };
     let loops: LoopDevice[];
-    const now = this.clock();
+    const now = this.clock.now();
     if (now - this.lastLoopScan >= LOOP_FULL_SCAN_MS) {
       this.lastLoopScan = now;
       const byName = new Map([...this.heldLoops.values()].map((c) => [c.loop.name, c.loop.majorMinor]));
@@ -213,7 +214,7 @@ export class Observer {
    * only at a later tick. Each from /sys/block/<dev>/stat, in memory.
    */
   private readCounters(loops: readonly LoopDevice[], intervalS: number): ReadCounters {
-    const now = this.clock();
+    const now = this.clock.now();
     const out: ReadCounters = new Map();
     const next = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
     const idle: LoopDevice[] = [];
@@ -252,7 +253,7 @@ export class Observer {
   private async identifyBacking(mounts: readonly MountEntry[], loops: Map<string, LoopDevice>, timeoutMs: number): Promise<void> {
     const wanted: LoopDevice[] = [];
     const live = new Set<string>();
-    const now = this.clock();
+    const now = this.clock.now();
     for (const m of mounts) {
       const loop = loops.get(m.majorMinor);
       if (!loop) continue;
@@ -305,11 +306,11 @@ export class Observer {
       this.datadirReal = realPath;
       const dir = await statFile(this.run, realPath, timeoutMs, signal);
       const last = this.lastListing;
-      if (last && last.scan.realPath === realPath && unchanged(last.scan.listing, dir, last.at, this.clock(), config)) {
+      if (last && last.scan.realPath === realPath && unchanged(last.scan.listing, dir, last.at, this.clock.now(), config)) {
         return { ...last.scan, listing: { ...last.scan.listing, dir }, listed: false };
       }
       const scan = { ...(await this.listData(realPath, timeoutMs, signal)), generation: ++this.dataListings };
-      this.lastListing = { scan, at: this.clock() };
+      this.lastListing = { scan, at: this.clock.now() };
       return scan;
     } catch (err) {
       this.datadirReal = undefined;
@@ -355,12 +356,12 @@ export class Observer {
     try {
       const [dir, fs] = await Promise.all([statLocal(config.cachedir), statfsLocal(config.cachedir)]);
       const last = this.lastCacheListing;
-      if (!copying && last && unchanged(last.listing, dir, last.at, this.clock(), { ...config, interval: 0 })) {
+      if (!copying && last && unchanged(last.listing, dir, last.at, this.clock.now(), { ...config, interval: 0 })) {
         return { listing: { ...last.listing, dir }, fs, generation: last.generation };
       }
       const listing = await listLocalDirectory(config.cachedir);
       const generation = ++this.cacheListings;
-      this.lastCacheListing = { listing, at: this.clock(), generation };
+      this.lastCacheListing = { listing, at: this.clock.now(), generation };
       return { listing, fs, generation };
     } catch (err) {
       this.lastCacheListing = undefined;

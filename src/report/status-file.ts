@@ -4,6 +4,7 @@ import { errnoCode } from "../errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import { formatAge, formatClock } from "./clock.js";
 import { STATUS_VERSION, type StatusReport } from "./status.js";
+import { systemClock } from "../lib/clock.js";
 
 export const STATUS_FILE_NAME = "status.json";
 
@@ -143,7 +144,7 @@ export async function readStatusFile(dir: string, options: ReadStatusOptions = {
     throw new StatusFileError(file, `cannot read it (${code ?? String(err)})`);
   }
   const report = parseStatusReport(text, file);
-  const now = options.now ?? Date.now();
+  const now = options.now ?? systemClock.now();
   const isAlive = options.isAlive ?? processAlive;
   const last = `${formatClock(report.writtenAt, now, true)}, ${formatAge(now - report.writtenAt)} ago`;
   if (!isAlive(report.pid)) {

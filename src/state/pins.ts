@@ -1,6 +1,7 @@
 import { mkdir, open, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
+import type { Clock } from "../lib/clock.js";
 
 /**
  * Run-time pins, kept in <state_dir>/pins.json so that they survive a
@@ -72,10 +73,10 @@ export function activePins(pins: readonly Pin[], now: number): Map<string, numbe
   return out;
 }
 
-async function withLock<T>(stateDir: string, fn: () => Promise<T>): Promise<T> {
+async function withLock<T>(stateDir: string, clock: Clock, fn: () => Promise<T>): Promise<T> {
   await mkdir(stateDir, { recursive: true, mode: 0o755 });
   const lock = path.join(stateDir, LOCK);
-  const deadline = Date.now() + 10_000;
+  const deadline = clock.monotonic() + 10_000;
   for (;;) {
     try {
       const handle = await open(lock, "wx", 0o600);
@@ -84,9 +85,10 @@ async function withLock<T>(stateDir: string, fn: () => Promise<T>): Promise<T> {
     } catch (err) {
       if (errnoCode(err) !== "EEXIST") throw err;
       const st = await stat(lock).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs > STALE_LOCK_MS) await unlink(lock).catch(() => undefined);
-      else if (Date.now() > deadline) throw new Error(`${lock} is held by another writer; try again`);
-      else await new Promise((r) => setTimeout(r, 20));
+      // The lock's age is wall time: its mtime is the file system's clock.
+      if (st && clock.now() - st.mtimeMs > STALE_LOCK_MS) await unlink(lock).catch(() => undefined);
+      else if (clock.monotonic() > deadline) throw new Error(`${lock} is held by another writer; try again`);
+      else await clock.sleep(20);
     }
   }
   try {
@@ -96,10 +98,14 @@ async function withLock<T>(stateDir: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Read, change and atomically rewrite the pins file (mode 0644: anyone may read, only root may write). */
-export async function updatePins(stateDir: string, change: (pins: Pin[], now: number) => Pin[]): Promise<Pin[]> {
-  return withLock(stateDir, async () => {
-    const now = Date.now();
+/**
+ * Read, change and atomically rewrite the pins file (mode 0644: anyone may
+ * read, only root may write). `clock` is the caller's: a pin made "for a
+ * week" from its now is judged expired by that same now.
+ */
+export async function updatePins(stateDir: string, clock: Clock, change: (pins: Pin[], now: number) => Pin[]): Promise<Pin[]> {
+  return withLock(stateDir, clock, async () => {
+    const now = clock.now();
     // Expired pins are dropped whenever the file is written, so it does not grow.
     const pins = change((await readPins(stateDir)).filter((p) => p.until === undefined || p.until > now), now);
     const file = pinsFile(stateDir);

@@ -7,6 +7,7 @@ import { CommandFailedError, type Runner } from "../../src/act/exec.js";
 import { pinSlurmJob, type SlurmDeps } from "../../src/commands/pin.js";
 import { UsageError } from "../../src/errors.js";
 import { datasetsInComment, parseJobJson, readSlurmJob } from "../../src/slurm/job.js";
+import { clockAt } from "../../src/lib/clock.js";
 import { readPins } from "../../src/state/pins.js";
 import { FIXTURES, tempDir } from "./helpers.js";
 
@@ -89,7 +90,7 @@ describe("pin --slurm-job (the prolog)", () => {
     const { dir, cleanup } = await tempDir();
     const calls: string[] = [];
     try {
-      await body(dir, (over = {}) => ({ run: slurm2205(calls), env: {}, now: () => NOW, ...over }), calls);
+      await body(dir, (over = {}) => ({ run: slurm2205(calls), env: {}, clock: clockAt(() => NOW), ...over }), calls);
     } finally {
       await cleanup();
     }
