@@ -76,6 +76,7 @@ install -D -m 0755 "$here/scratch_manager" "$root/usr/bin/scratch_manager"
 install -D -m 0644 scratch_manager.service "$root/lib/systemd/system/scratch_manager.service"
 install -D -m 0644 scratch_manager.conf "$root/etc/scratch_manager.conf"
 install -D -m 0644 README.md "$doc/README.md"
+install -D -m 0644 SECURITY.md "$doc/SECURITY.md"
 install -D -m 0644 LICENSE.txt "$doc/LICENSE.txt"
 install -D -m 0644 "$bundle/copyright" "$doc/copyright"
 install -D -m 0644 "$out/man/scratch_manager.8" "$root/usr/share/man/man8/scratch_manager.8"
@@ -118,7 +119,7 @@ if [[ -z ${SM_SKIP_RPM:-} ]]; then
   topdir="$out/rpm"
   mkdir -p "$topdir"/{SOURCES,SPECS,BUILD,BUILDROOT,RPMS,SRPMS}
   cp "$bundle/scratch_manager.mjs" "$here/scratch_manager" scratch_manager.service scratch_manager.conf \
-    "$out/man/scratch_manager.8" README.md LICENSE.txt "$bundle/THIRD-PARTY-LICENSES.txt" "$topdir/SOURCES/"
+    "$out/man/scratch_manager.8" README.md SECURITY.md LICENSE.txt "$bundle/THIRD-PARTY-LICENSES.txt" "$topdir/SOURCES/"
   tar -C "$here" -cf "$topdir/SOURCES/share.tar" slurm prometheus grafana
   sed -e "s|@RPM_VERSION@|$pkgversion|" -e "s|@LICENSE@|$(cat "$bundle/license-expression")|" \
     "$here/rpm/scratch-manager.spec.in" >"$topdir/SPECS/scratch-manager.spec"

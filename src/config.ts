@@ -71,6 +71,12 @@ export interface Config {
   peerAdvertise?: string;
   /** Transfers this node serves to peers at once; more are told 503 (busy). */
   peerUploads: number;
+  /** The fleet key, when not datadir/.scratch_manager/peer.key (a local copy, for read-only or root_squash exports). */
+  peerKey?: string;
+  /** The directory of the peers' records, when not datadir/.scratch_manager/peers. */
+  peerDir?: string;
+  /** Who may own the records' directories besides root: a uid (a user name is resolved by resolveDirectories). */
+  peerDirOwner: number | string;
   verbose: boolean;
 }
 
@@ -103,6 +109,9 @@ export const CONFIG_KEYS = [
   "peer_listen",
   "peer_advertise",
   "peer_uploads",
+  "peer_key",
+  "peer_dir",
+  "peer_dir_owner",
 ] as const;
 export type ConfigKey = (typeof CONFIG_KEYS)[number];
 
@@ -134,6 +143,9 @@ const DEFAULTS: RawConfig = {
   peer_listen: "",
   peer_advertise: "",
   peer_uploads: "4",
+  peer_key: "",
+  peer_dir: "",
+  peer_dir_owner: "root",
 };
 
 function bad(key: string, value: string, forms: string): UsageError {
@@ -227,6 +239,9 @@ export function validateConfig(raw: RawConfig, verbose = false): Config {
     peerListen: merged.peer_listen ? (parseHostPort(merged.peer_listen, "peer_listen"), merged.peer_listen.trim()) : undefined,
     peerAdvertise: merged.peer_advertise ? parseAdvertise(merged.peer_advertise) : undefined,
     peerUploads: parseCount("peer_uploads", merged.peer_uploads as string),
+    peerKey: merged.peer_key ? absolutePath("peer_key", merged.peer_key) : undefined,
+    peerDir: merged.peer_dir ? absolutePath("peer_dir", merged.peer_dir) : undefined,
+    peerDirOwner: parseOwner(merged.peer_dir_owner as string),
     logFormat: oneOf("log_format", (merged.log_format as string).trim(), LOG_FORMATS),
     verbose,
   };
@@ -303,6 +318,25 @@ export function parseHostPort(text: string, key = "metrics_listen"): { host: str
   return { host: m[1] ?? m[2] ?? "", port };
 }
 
+/** peer_dir_owner: a uid, or a user name (resolved later, from the passwd database). */
+function parseOwner(text: string): number | string {
+  const value = text.trim();
+  if (/^\d{1,10}$/.test(value) && Number(value) < 2 ** 32) return Number(value);
+  if (value === "root") return 0;
+  if (/^[a-z_][a-z0-9_.-]{0,31}\$?$/i.test(value)) return value;
+  throw bad("peer_dir_owner", text, "a user name or a numeric uid, e.g. nobody or 65534");
+}
+
+/** A user name's uid from /etc/passwd (the daemon needs no NSS lookups for this: squashed uids are local users). */
+async function uidOf(name: string): Promise<number> {
+  const passwd = await readFile("/etc/passwd", "utf8").catch(() => "");
+  for (const line of passwd.split("\n")) {
+    const [user, , uid] = line.split(":");
+    if (user === name && uid !== undefined && /^\d+$/.test(uid)) return Number(uid);
+  }
+  throw new UsageError(`config: peer_dir_owner = ${JSON.stringify(name)} is not a user of /etc/passwd; expected a user name or a numeric uid, e.g. nobody or 65534`);
+}
+
 /** peer_advertise: a HOST:PORT other nodes can connect to (a host name or address, never empty, port not 0). */
 function parseAdvertise(text: string): string {
   const { host, port } = parseHostPort(text, "peer_advertise");
@@ -342,6 +376,7 @@ export async function resolveDirectories(config: Config): Promise<Config> {
     }
   }
   checkOverlap(resolved, config);
+  if (typeof config.peerDirOwner === "string") resolved.peerDirOwner = await uidOf(config.peerDirOwner);
   return resolved;
 }
 

@@ -9,9 +9,9 @@ import type { PeerStatus } from "../report/status.js";
 import { Checksums } from "./checksums.js";
 import { fetchFromPeer } from "./fetch.js";
 import { hashFile, hashFollowing } from "./follow.js";
-import { chooseSources, knownChecksum, leader, live, parseRecords, publishEveryMs, RECORD_VERSION, recordFileName, staleAfterMs, type ImageIdentity, type PeerRecord, type RecordImage } from "./records.js";
+import { chooseSources, IGNORED_REASONS, leader, live, publishedChecksums, publishEveryMs, RECORD_VERSION, RECORDS_MAX_FILES, RECORDS_MAX_TOTAL_BYTES, RECORD_MAX_BYTES, recordFileName, signRecord, staleAfterMs, verifyRecordLines, type ImageIdentity, type PeerRecord, type RecordImage } from "./records.js";
 import { PeerServer, type Holding } from "./server.js";
-import { fleetPaths, keyProblem, readKeyFile, readRecordLines, removeRecordFile, writeRecordFile } from "./shared-dir.js";
+import { fleetLayout, readFleetKey, runFleetIo, type FleetIoResult, type FleetLayout } from "./shared-dir.js";
 import { systemClock, type Clock } from "../lib/clock.js";
 
 /** A copy that found no peer waits this long for the others that start it at the same moment to say so (records), then one of them reads the file server. */
@@ -32,6 +32,10 @@ const CHECKSUM_WAIT_MS = 30_000;
 const KEY_REFRESH_MS = 60_000;
 /** ... and at once, at most this often, when a request's signature does not match it (the other node may have the new one). */
 const KEY_RECHECK_MS = 5_000;
+/** After the key changed, the previous one is still accepted (never used to sign) for this long: a fleet rotates without failed transfers. */
+export const KEY_GRACE_MS = 10 * 60_000;
+/** Digests of ignored records remembered, so that each is counted once (cleared past this many). */
+const IGNORED_MEMORY = 100_000;
 
 /** The transfer pool's copy, as peer fill needs it. */
 export interface FillJob {
@@ -88,7 +92,12 @@ export interface PeerFillOptions {
 export class PeerFill {
   private config: Config;
   private key?: Buffer;
+  /** The key before the last change, accepted until `until`. */
+  private previousKey?: { key: Buffer; until: number };
   private problem?: string;
+  /** Why records cannot be published or read (one warning when it starts, one when it ends). */
+  private readonly recordsProblems: { publish?: string; read?: string } = {};
+  private readonly ignoredSeen = new Set<string>();
   private keyReadAt = -Infinity;
   private keyReading?: Promise<void>;
   private recheckWanted = false;
@@ -103,7 +112,17 @@ export class PeerFill {
   private dirty = false;
   private publishing?: Promise<void>;
   private hashing?: Promise<void>;
-  readonly counters: PeerCounters = { fromPeersBytes: 0, fromServerBytes: 0, servedBytes: 0, refusedBusy: 0, refusedAuth: 0, refusedUnknown: 0, checksumMismatches: 0 };
+  readonly counters: PeerCounters = {
+    fromPeersBytes: 0,
+    fromServerBytes: 0,
+    servedBytes: 0,
+    refusedBusy: 0,
+    refusedAuth: 0,
+    refusedUnknown: 0,
+    checksumMismatches: 0,
+    checksumConflicts: 0,
+    recordsIgnored: Object.fromEntries(IGNORED_REASONS.map((r) => [r, 0])),
+  };
 
   constructor(
     config: Config,
@@ -136,8 +155,16 @@ export class PeerFill {
     return this.key !== undefined && this.server !== undefined;
   }
 
-  private get paths(): ReturnType<typeof fleetPaths> {
-    return fleetPaths(this.config.datadir);
+  private get layout(): FleetLayout {
+    const owner = this.config.peerDirOwner;
+    return fleetLayout({ datadir: this.config.datadir, peerKey: this.config.peerKey, peerDir: this.config.peerDir, peerDirOwner: typeof owner === "number" ? owner : 0 });
+  }
+
+  /** The keys a signature may be made with: the current one first (it signs), the previous one during its grace. */
+  private keys(): Buffer[] {
+    const keys = this.key ? [this.key] : [];
+    if (this.previousKey && this.previousKey.until > this.now()) keys.push(this.previousKey.key);
+    return keys;
   }
 
   private timeoutMs(): number {
@@ -156,7 +183,8 @@ export class PeerFill {
       problem: this.problem,
       peersLive: live(this.records, this.node, this.now(), staleMs).length,
       serving: this.server?.server.serving ?? 0,
-      counters: { ...this.counters },
+      recordsProblem: this.recordsProblems.publish ?? this.recordsProblems.read,
+      counters: { ...this.counters, recordsIgnored: { ...this.counters.recordsIgnored } },
     };
   }
 
@@ -213,27 +241,74 @@ export class PeerFill {
     if (this.dirty || this.now() - this.publishedAt >= publishEveryMs(this.config.interval)) this.publishSoon();
   }
 
+  /**
+   * Read the key, and check the records' directory, through datadir's
+   * channel. Either refused (a symlink, the wrong owner, writable by
+   * others, a key others can read) turns peer fill off, with one warning
+   * that says which path and what to run.
+   */
   private async refreshKey(): Promise<void> {
-    const file = this.paths.key;
+    const layout = this.layout;
     this.keyReadAt = this.now();
     let problem: string | undefined;
     let key: Buffer | undefined;
     try {
-      const read = await this.options.channel(() => readKeyFile(this.options.run, file, this.timeoutMs(), this.options.lifetime), this.options.lifetime);
-      problem = keyProblem(read, file, process.getuid?.() ?? 0);
-      if (!problem && read.kind === "present") key = read.bytes;
+      const read = await this.options.channel(() => readFleetKey(this.options.run, layout, process.getuid?.() ?? 0, this.timeoutMs(), this.options.lifetime), this.options.lifetime);
+      if (read.kind === "problem") problem = read.problem;
+      else {
+        key = read.bytes;
+        const dir = await this.options.channel(() => this.recordsIo({ op: "read-records", walk: layout.recordsDir, maxFiles: 0, maxFileBytes: 0, maxTotalBytes: 0 }, this.options.lifetime), this.options.lifetime);
+        if (!dir.ok) problem = `${dir.refused.path} ${dir.refused.problem}; ${dir.refused.fix}`;
+      }
     } catch (err) {
-      // datadir not answering: keep the key we have (peers are how the node fills while the server is slow).
+      // Not answering: keep the key we have (peers are how the node fills while the server is slow).
       if (this.key) return;
       problem = errorMessage(err);
+      if (/EROFS|EACCES|EPERM/.test(problem)) problem += `; on a read-only or root_squash export, set peer_key to a local copy of the key and peer_dir to a directory the nodes can write (SECURITY.md)`;
     }
     if (problem !== this.problem) {
-      if (problem) this.options.logger.warn({ key: file }, `peer fill off: ${problem}`);
-      else this.options.logger.info({ key: file }, "peer fill on: the fleet key is usable");
+      if (problem) this.options.logger.warn({ key: layout.keyPath, records: layout.recordsPath }, `peer fill off: ${problem}`);
+      else this.options.logger.info({ key: layout.keyPath, records: layout.recordsPath }, "peer fill on: the fleet key is usable");
       this.problem = problem;
     }
-    if (key && this.key && !key.equals(this.key)) this.options.logger.info({ key: file }, "the fleet key changed");
+    if (problem) key = undefined;
+    if (key && this.key && !key.equals(this.key)) {
+      this.options.logger.info({ key: layout.keyPath }, `the fleet key changed; the previous one is accepted for ${KEY_GRACE_MS / 60_000} more minutes`);
+      this.previousKey = { key: this.key, until: this.now() + KEY_GRACE_MS };
+    }
     this.key = key;
+  }
+
+  /** A record operation in a child (shared-dir.ts); a timeout or a failure is an error, a refused path is in the result. */
+  private recordsIo(req: Parameters<typeof runFleetIo>[1], signal: AbortSignal, input?: string): Promise<FleetIoResult> {
+    return runFleetIo(this.options.run, req, { timeoutMs: this.timeoutMs(), signal, input });
+  }
+
+  /**
+   * Publishing or reading records failed, or works again: each said once
+   * when it starts, once when it ends, and shown in status meanwhile (a
+   * read-only export fails the same way at every tick; the log must not).
+   */
+  private recordsFailing(kind: "publish" | "read", problem: string | undefined): void {
+    const was = this.recordsProblems[kind];
+    if ((problem === undefined) === (was === undefined)) {
+      this.recordsProblems[kind] = problem;
+      return;
+    }
+    const records = this.layout.recordsPath;
+    if (problem !== undefined) {
+      const hint = /EROFS|EACCES|EPERM/.test(problem) ? "; set peer_dir to a directory the nodes can write (SECURITY.md)" : "";
+      this.options.logger.warn({ records }, `peer records: ${problem}${hint}; copies go on, from the file server where no peer is known`);
+    } else this.options.logger.info({ records }, kind === "publish" ? "peer records: this node's record is published again" : "peer records: read again");
+    this.recordsProblems[kind] = problem;
+  }
+
+  /** A directory refused on the way to the records: peer fill off, as for the key. */
+  private refused(r: Extract<FleetIoResult, { ok: false }>): void {
+    const problem = `${r.refused.path} ${r.refused.problem}; ${r.refused.fix}`;
+    if (problem !== this.problem) this.options.logger.warn({ records: this.layout.recordsPath }, `peer fill off: ${problem}`);
+    this.problem = problem;
+    this.key = undefined;
   }
 
   /** A signature that did not match: the key may have changed; read it again now (at most every KEY_RECHECK_MS). */
@@ -246,7 +321,8 @@ export class PeerFill {
     const listen = this.config.peerListen;
     if (!listen) return;
     const server = new PeerServer({
-      keys: () => (this.key ? [this.key] : []),
+      keys: () => this.keys(),
+      self: () => this.node,
       lookup: (file) => this.lookup(file),
       maxUploads: () => this.config.peerUploads,
       stallMs: () => this.stallMs(),
@@ -334,7 +410,10 @@ export class PeerFill {
     this.publishing = (async () => {
       while (this.dirty && this.enabled) {
         this.dirty = false;
-        await this.publishNow().catch((err: unknown) => this.options.logger.warn({ err: errorMessage(err) }, "cannot publish the peer record"));
+        await this.publishNow().then(
+          () => this.recordsFailing("publish", undefined),
+          (err: unknown) => this.recordsFailing("publish", `cannot publish this node's record: ${errorMessage(err)}`),
+        );
       }
     })().finally(() => {
       this.publishing = undefined;
@@ -342,10 +421,14 @@ export class PeerFill {
   }
 
   private async publishNow(): Promise<void> {
-    const text = `${JSON.stringify(this.record())}\n`;
-    const { peers } = this.paths;
-    await this.options.channel(() => writeRecordFile(this.options.run, peers, recordFileName(this.node), text, this.timeoutMs(), this.options.lifetime), this.options.lifetime);
+    const key = this.key;
+    if (!key) return;
+    const text = signRecord(key, this.record());
+    const walk = this.layout.recordsDir;
+    const result = await this.options.channel(() => this.recordsIo({ op: "write-record", walk, file: recordFileName(this.node) }, this.options.lifetime, text), this.options.lifetime);
+    // Written or refused, it is not tried again before the next period: a refused directory is said once (peer fill off).
     this.publishedAt = this.now();
+    if (!result.ok) this.refused(result);
   }
 
   /** Publish now and wait for it (a copy's start must be seen by the others before the election ends). */
@@ -358,10 +441,37 @@ export class PeerFill {
 
   /** The records, through datadir's channel; `signal`: the copy cancelled (waiting behind a hung scan stops). */
   private async readRecords(signal: AbortSignal): Promise<PeerRecord[]> {
-    const text = await this.options.channel(() => readRecordLines(this.options.run, this.paths.peers, this.timeoutMs(), signal), signal);
-    this.records = parseRecords(text);
+    const walk = this.layout.recordsDir;
+    let result: FleetIoResult;
+    try {
+      result = await this.options.channel(() => this.recordsIo({ op: "read-records", walk, maxFiles: RECORDS_MAX_FILES, maxFileBytes: RECORD_MAX_BYTES, maxTotalBytes: RECORDS_MAX_TOTAL_BYTES }, signal), signal);
+    } catch (err) {
+      if (!signal.aborted) this.recordsFailing("read", `cannot read the peers' records: ${errorMessage(err)}`);
+      throw err;
+    }
     this.recordsReadAt = this.now();
+    if (!result.ok) {
+      this.refused(result);
+      this.records = [];
+      return [];
+    }
+    if (!("lines" in result)) throw new Error("reading the peers' records: unexpected answer");
+    this.recordsFailing("read", undefined);
+    if (result.cutFiles > 0 || result.cutBytes > 0) this.noteIgnored("too_large", `cut:${result.cutFiles}:${result.cutBytes}`, `the records directory holds more than ${RECORDS_MAX_FILES} records or ${RECORDS_MAX_TOTAL_BYTES / 1024 / 1024} MiB; ${result.cutFiles + result.cutBytes} left unread`);
+    const { records, ignored } = verifyRecordLines(result.lines.join("\n"), this.keys(), this.now());
+    for (const i of ignored) this.noteIgnored(i.reason, i.digest);
+    this.records = records;
     return live(this.records, this.node, this.now(), staleAfterMs(this.config.interval));
+  }
+
+  /** An ignored record (or a cut read), counted once by its digest; the first of each reason logged. */
+  private noteIgnored(reason: (typeof IGNORED_REASONS)[number], digest: string, message?: string): void {
+    if (this.ignoredSeen.has(digest)) return;
+    if (this.ignoredSeen.size >= IGNORED_MEMORY) this.ignoredSeen.clear();
+    this.ignoredSeen.add(digest);
+    const counts = this.counters.recordsIgnored;
+    if ((counts[reason] ?? 0) === 0 || message) this.options.logger.warn({ reason, records: this.layout.recordsPath }, message ?? `a peer record was ignored (${reason.replace("_", " ")}); only records signed with the fleet key count`);
+    counts[reason] = (counts[reason] ?? 0) + 1;
   }
 
   private avoiding(): Set<string> {
@@ -467,15 +577,18 @@ export class PeerFill {
   private async fillFromPeersUntil(job: FillJob, copy: ActiveCopy, log: Logger, signal: AbortSignal): Promise<FillResult | undefined> {
     const id = copy.id;
     const self = this.node;
+    // A source that failed this copy (refused, broke off at once, sent a bad checksum) is not asked again by it.
+    const failed = new Set<string>();
+    const avoiding = () => new Set([...this.avoiding(), ...failed]);
     let records = await this.readRecords(signal);
-    let sources = chooseSources(records, self, id, this.avoiding());
+    let sources = chooseSources(records, self, id, avoiding());
     if (sources.length === 0) {
       // Others may be starting the same copy at this very moment: say so, wait for them to say so, and let the first read the file server.
       await this.publishAwait(signal);
       await this.clock.sleep(ELECTION_MS, job.abort.signal);
       records = await this.readRecords(signal);
       if (leader(records, { node: self, since: copy.since }, id) === self) return undefined;
-      sources = chooseSources(records, self, id, this.avoiding());
+      sources = chooseSources(records, self, id, avoiding());
       if (sources.length === 0) return undefined;
     }
     const key = this.key;
@@ -502,6 +615,8 @@ export class PeerFill {
             node: s.node,
             id,
             key: this.key ?? key,
+            keys: this.keys(),
+            self,
             offset: copy.written,
             handle,
             hash,
@@ -517,7 +632,15 @@ export class PeerFill {
             break;
           }
           if (outcome.kind === "busy") continue;
+          if (outcome.kind === "forged") {
+            // Whatever it sent is not to be believed: this copy is thrown away below, and the peer avoided as for wrong bytes.
+            log.warn({ peer: s.node, err: outcome.error }, "a peer's checksum is not signed for this request; its copy is discarded");
+            this.counters.checksumMismatches++;
+            this.avoid.set(s.node, this.now() + AVOID_WRONG_MS);
+            return undefined;
+          }
           if (outcome.kind === "refused") {
+            failed.add(s.node);
             log.info({ peer: s.node, status: outcome.status }, "peer refused the transfer");
             // 401: this node or that one has a key the other does not have yet; read ours again.
             // 401: one of the two has a key the other has not read yet: both read theirs again; asked again soon.
@@ -525,6 +648,7 @@ export class PeerFill {
             this.avoid.set(s.node, this.now() + (outcome.status === 401 ? 2 * KEY_RECHECK_MS : AVOID_BROKEN_MS));
           } else {
             log.info({ peer: s.node, at: copy.written, err: outcome.error }, "peer transfer broke off; going on from another source");
+            failed.add(s.node);
             if (copy.written === before) this.avoid.set(s.node, this.now() + AVOID_BROKEN_MS);
           }
           if (job.abort.signal.aborted) throw new Error("cancelled");
@@ -537,7 +661,7 @@ export class PeerFill {
         await this.clock.sleep(BUSY_RETRY_MS * (1 + Math.random()), job.abort.signal);
         // Once at the first refusal (the others starting with this node have said what they copy by now), then at most every RECORDS_REREAD_MS.
         if (firstWait || this.now() - this.recordsReadAt >= RECORDS_REREAD_MS) records = await this.readRecords(signal);
-        sources = chooseSources(records, self, id, this.avoiding());
+        sources = chooseSources(records, self, id, avoiding());
         if (sources.length === 0) return undefined;
       }
       await handle.sync();
@@ -545,7 +669,8 @@ export class PeerFill {
       await handle.close();
     }
     const got = hash.digest("hex");
-    const expected = trailer ?? (await this.awaitChecksum(id, signal));
+    const expected = await this.expectedChecksum(id, trailer, signal, log);
+    if (expected === "conflict") return undefined;
     if (expected === undefined || got !== expected) {
       this.counters.checksumMismatches += expected === undefined ? 0 : 1;
       const peers = [...used];
@@ -560,13 +685,28 @@ export class PeerFill {
     return { from: [...used].join(",") || copy.from, sha256: got };
   }
 
-  /** The checksum the fleet published for this version, once one node has it (the one that read the file server). */
-  private async awaitChecksum(id: ImageIdentity, signal: AbortSignal): Promise<string | undefined> {
+  /**
+   * The checksum a copy from peers must have: the one signed by the peer
+   * that sent the last byte (for this request), and every one the signed
+   * records give. Two different ones are an alarm and neither is used
+   * ("conflict"); none yet: wait for the node that read the file server to
+   * publish it.
+   */
+  private async expectedChecksum(id: ImageIdentity, trailer: string | undefined, signal: AbortSignal, log: Logger): Promise<string | undefined | "conflict"> {
     const until = this.now() + CHECKSUM_WAIT_MS;
+    let records = this.records;
     for (;;) {
-      const sha = knownChecksum(await this.readRecords(signal), id);
+      const known = publishedChecksums(live(records, this.node, this.now(), staleAfterMs(this.config.interval)), id);
+      if (trailer !== undefined) known.set(trailer, [...(known.get(trailer) ?? []), "the sender"]);
+      if (known.size > 1) {
+        this.counters.checksumConflicts++;
+        log.error({ image: id.file, checksums: Object.fromEntries(known) }, "two different signed checksums for one image; neither is used");
+        return "conflict";
+      }
+      const [sha] = known.keys();
       if (sha !== undefined || this.now() > until || signal.aborted) return sha;
       await this.clock.sleep(1000, signal);
+      records = await this.readRecords(signal);
     }
   }
 
@@ -576,9 +716,9 @@ export class PeerFill {
     const file = recordFileName(this.node);
     await this.shutdownServer();
     if (!wasEnabled) return;
-    const { peers } = this.paths;
+    const walk = { ...this.layout.recordsDir, create: false };
     await this.options
-      .channel(() => removeRecordFile(this.options.run, peers, file, Math.min(this.timeoutMs(), 5000)))
+      .channel(() => runFleetIo(this.options.run, { op: "remove-record", walk, file }, { timeoutMs: Math.min(this.timeoutMs(), 5000) }))
       .catch((err: unknown) => this.options.logger.warn({ err: errorMessage(err) }, "cannot remove the peer record"));
   }
 }

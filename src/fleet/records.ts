@@ -1,8 +1,18 @@
+import { createHash, createHmac, timingSafeEqual } from "node:crypto";
+import { parsePeerName } from "./peer-name.js";
+
 /**
- * The records peers publish in datadir/.scratch_manager/peers/, and the
- * choices made from them (pure: no I/O). A record is one line of JSON, one
- * file per node, replaced atomically; it says where the node listens and
- * which images it holds or is copying, each with the image's identity.
+ * The records peers publish in peer_dir (datadir/.scratch_manager/peers by
+ * default), and the choices made from them (pure: no I/O). A record is one
+ * line, one file per node, replaced atomically; it says where the node
+ * listens and which images it holds or is copying, each with the image's
+ * identity. Anyone who can write datadir can write that directory's files,
+ * so a record counts only when signed with the fleet key (SECURITY.md):
+ *
+ *   SMR1 <hex HMAC-SHA256(key, JSON)> <JSON>
+ *
+ * A line that is not is never parsed, and every bound below holds before
+ * anything is believed.
  */
 
 export const RECORD_VERSION = 1;
@@ -51,6 +61,33 @@ export function recordFileName(node: string): string {
 }
 
 const SHA256 = /^[0-9a-f]{64}$/;
+const MAGIC = "SMR1";
+
+/** A record's line, at most: 20,000 images of about 200 bytes. */
+export const RECORD_MAX_BYTES = 4 * 1024 * 1024;
+export const RECORD_MAX_IMAGES = 20_000;
+/** Record files read in one pass, and their bytes in all: a fleet of thousands, not a directory stuffed by a user. */
+export const RECORDS_MAX_FILES = 20_000;
+export const RECORDS_MAX_TOTAL_BYTES = 48 * 1024 * 1024;
+/** A record written this far ahead of our clock is ignored: it would otherwise never go stale. */
+export const FUTURE_SKEW_MS = 60_000;
+
+export type IgnoredReason = "unsigned" | "bad_signature" | "too_large" | "future" | "too_many_images" | "malformed";
+export const IGNORED_REASONS: readonly IgnoredReason[] = ["unsigned", "bad_signature", "too_large", "future", "too_many_images", "malformed"];
+
+function mac(key: Buffer, json: string): Buffer {
+  return createHmac("sha256", key).update(json).digest();
+}
+
+/** The record as its file holds it: one signed line. */
+export function signRecord(key: Buffer, record: PeerRecord): string {
+  const json = JSON.stringify(record);
+  return `${MAGIC} ${mac(key, json).toString("hex")} ${json}\n`;
+}
+
+function isPeerName(x: unknown): x is string {
+  return typeof x === "string" && parsePeerName(x) !== undefined;
+}
 
 function isImage(x: unknown): x is RecordImage {
   if (typeof x !== "object" || x === null) return false;
@@ -64,32 +101,54 @@ function isImage(x: unknown): x is RecordImage {
     (i.sha256 === undefined || (typeof i.sha256 === "string" && SHA256.test(i.sha256))) &&
     (i.state === "cached" || i.state === "copying") &&
     Number.isSafeInteger(i.progress) &&
-    typeof i.from === "string" &&
+    (i.from === "server" || isPeerName(i.from)) &&
     typeof i.since === "number"
   );
 }
 
+/** One line's verdict: the record, or why it is ignored. */
+function verifyLine(line: string, keys: readonly Buffer[], now: number): PeerRecord | IgnoredReason {
+  if (line.length > RECORD_MAX_BYTES) return "too_large";
+  const m = /^SMR1 ([0-9a-f]{64}) /.exec(line);
+  if (!m) return "unsigned";
+  const json = line.slice(MAGIC.length + 66);
+  const given = Buffer.from(m[1] as string, "hex");
+  if (!keys.some((key) => timingSafeEqual(mac(key, json), given))) return "bad_signature";
+  let r: unknown;
+  try {
+    r = JSON.parse(json);
+  } catch {
+    return "malformed";
+  }
+  if (typeof r !== "object" || r === null) return "malformed";
+  const rec = r as Record<string, unknown>;
+  if (rec.v !== RECORD_VERSION || !isPeerName(rec.node) || typeof rec.updatedAt !== "number" || !Array.isArray(rec.images)) return "malformed";
+  if (rec.updatedAt > now + FUTURE_SKEW_MS) return "future";
+  if (rec.images.length > RECORD_MAX_IMAGES) return "too_many_images";
+  if (!rec.images.every(isImage)) return "malformed";
+  return { v: RECORD_VERSION, node: rec.node, updatedAt: rec.updatedAt, images: rec.images };
+}
+
 /**
- * The records in the output of `cat` over the directory: one per line.
- * A line that is not a valid record (a half-written file of another
- * version, garbage) is skipped: one bad record never hides the others.
+ * The records among these lines (one per file) that are signed with one of
+ * `keys`, within the bounds; the others each with its reason and a digest,
+ * so that the caller counts a bad record once, not at every read. When two
+ * records name one node, the newer wins.
  */
-export function parseRecords(text: string): PeerRecord[] {
-  const out: PeerRecord[] = [];
+export function verifyRecordLines(text: string, keys: readonly Buffer[], now: number): { records: PeerRecord[]; ignored: { reason: IgnoredReason; digest: string }[] } {
+  const byNode = new Map<string, PeerRecord>();
+  const ignored: { reason: IgnoredReason; digest: string }[] = [];
   for (const line of text.split("\n")) {
     if (line.trim() === "") continue;
-    let r: unknown;
-    try {
-      r = JSON.parse(line);
-    } catch {
+    const verdict = verifyLine(line, keys, now);
+    if (typeof verdict === "string") {
+      ignored.push({ reason: verdict, digest: createHash("sha256").update(line).digest("hex") });
       continue;
     }
-    if (typeof r !== "object" || r === null) continue;
-    const rec = r as Record<string, unknown>;
-    if (rec.v !== RECORD_VERSION || typeof rec.node !== "string" || typeof rec.updatedAt !== "number" || !Array.isArray(rec.images)) continue;
-    out.push({ v: RECORD_VERSION, node: rec.node, updatedAt: rec.updatedAt, images: rec.images.filter(isImage) });
+    const seen = byNode.get(verdict.node);
+    if (!seen || seen.updatedAt < verdict.updatedAt) byNode.set(verdict.node, verdict);
   }
-  return out;
+  return { records: [...byNode.values()], ignored };
 }
 
 export function sameIdentity(a: ImageIdentity, b: ImageIdentity): boolean {
@@ -122,19 +181,32 @@ export function leader(records: readonly PeerRecord[], self: { node: string; sin
 
 /**
  * Whether following `node` could lead back to this one: the chain of
- * "from"s, through the records, passes through `self` or goes round.
+ * "from"s, through the records' entries for this image, passes through
+ * `self` or goes round. `entries` is built once per choice, not per candidate.
  */
-function leadsTo(records: readonly PeerRecord[], node: string, self: string, id: ImageIdentity): boolean {
-  const byNode = new Map(records.map((r) => [r.node, r]));
-  const visited = new Set<string>();
+function leadsTo(entries: ReadonlyMap<string, RecordImage>, node: string, self: string, known: Map<string, boolean>): boolean {
+  const visited: string[] = [];
+  const onPath = new Set<string>();
   let at: string | undefined = node;
+  let result = false;
   while (at !== undefined && at !== "server") {
-    if (at === self || visited.has(at)) return true;
-    visited.add(at);
-    const e: RecordImage | undefined = byNode.get(at) && entryFor(byNode.get(at) as PeerRecord, id);
+    const memo = known.get(at);
+    if (memo !== undefined) {
+      result = memo;
+      break;
+    }
+    if (at === self || onPath.has(at)) {
+      result = true;
+      break;
+    }
+    visited.push(at);
+    onPath.add(at);
+    const e: RecordImage | undefined = entries.get(at);
     at = e?.state === "cached" ? "server" : e?.from;
   }
-  return false;
+  // Every node on the way leads where this one does: a chain is walked once per choice, not once per candidate on it.
+  for (const n of visited) known.set(n, result);
+  return result;
 }
 
 export interface Source {
@@ -150,26 +222,35 @@ export interface Source {
  * checksum is unknown (it could not be verified), a chain that leads back here.
  */
 export function chooseSources(records: readonly PeerRecord[], self: string, id: ImageIdentity, avoid: ReadonlySet<string>, random: () => number = Math.random): Source[] {
+  const entries = new Map<string, RecordImage>();
+  for (const r of records) {
+    const e = entryFor(r, id);
+    if (e) entries.set(r.node, e);
+  }
   const held: Source[] = [];
   const copying: Source[] = [];
-  for (const r of records) {
-    if (r.node === self || avoid.has(r.node)) continue;
-    const entry = entryFor(r, id);
-    if (!entry) continue;
+  const known = new Map<string, boolean>();
+  for (const [node, entry] of entries) {
+    if (node === self || avoid.has(node)) continue;
     if (entry.state === "cached") {
-      if (entry.sha256 !== undefined) held.push({ node: r.node, entry });
-    } else if (!leadsTo(records, r.node, self, id)) copying.push({ node: r.node, entry });
+      if (entry.sha256 !== undefined) held.push({ node, entry });
+    } else if (!leadsTo(entries, node, self, known)) copying.push({ node, entry });
   }
   const shuffled = held.map((s) => ({ s, k: random() })).sort((a, b) => a.k - b.k).map(({ s }) => s);
   copying.sort((a, b) => b.entry.progress - a.entry.progress || a.node.localeCompare(b.node));
   return [...shuffled, ...copying];
 }
 
-/** The checksum the fleet knows for this identity: from a node that holds or verified it. */
-export function knownChecksum(records: readonly PeerRecord[], id: ImageIdentity): string | undefined {
+/**
+ * The checksums the fleet's signed records give for this identity, each
+ * with the nodes that give it. More than one is an alarm (a node with the
+ * key lies, or the image changed within its mtime's second): none is used.
+ */
+export function publishedChecksums(records: readonly PeerRecord[], id: ImageIdentity): Map<string, string[]> {
+  const out = new Map<string, string[]>();
   for (const r of records) {
-    const e = entryFor(r, id);
-    if (e?.sha256 !== undefined) return e.sha256;
+    const sha = entryFor(r, id)?.sha256;
+    if (sha !== undefined) out.set(sha, [...(out.get(sha) ?? []), r.node]);
   }
-  return undefined;
+  return out;
 }

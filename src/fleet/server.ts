@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { parseHostPort } from "../config.js";
 import { errorMessage } from "../errors.js";
-import { Verifier } from "./auth.js";
+import { signChecksum, Verifier } from "./auth.js";
 import { followFile, openWhenThere } from "./follow.js";
 import { sameIdentity, type ImageIdentity } from "./records.js";
 import { systemClock, type Clock } from "../lib/clock.js";
@@ -20,8 +20,10 @@ export interface Holding extends ImageIdentity {
 }
 
 export interface PeerServerOptions {
-  /** The keys requests may be signed with (the current one; the previous for a short while after it changed). */
+  /** The keys requests may be signed with: the current one first (it signs the checksums), the previous for a while after a change. */
   keys: () => readonly Buffer[];
+  /** This node's name in the fleet: a request signed for another node is refused. */
+  self: () => string;
   lookup: (file: string) => Holding | undefined;
   maxUploads: () => number;
   /** A transfer whose source stops growing for this long is cut. */
@@ -34,6 +36,13 @@ export interface PeerServerOptions {
 
 export const IMAGE_PATH = "/v1/images/";
 export const SHA_TRAILER = "x-image-sha256";
+export const SHA_SIG_TRAILER = "x-image-sha256-sig";
+
+/** A client that takes no data for this long is cut, and its slot freed. */
+const DRAIN_DEADLINE_MS = 15_000;
+/** Below this rate, while waiting on the client, for longer than MIN_RATE_GRACE_MS, a transfer is cut: a trickle must not hold a slot. */
+export const MIN_RATE_BYTES_S = 256 * 1024;
+const MIN_RATE_GRACE_MS = 30_000;
 
 /**
  * Serves the images of this node's cache to its peers, over HTTP with Range
@@ -55,9 +64,17 @@ export class PeerServer {
         res.destroy();
       });
     });
-    // A peer holding a connection open without asking for anything must not hold a slot.
+    // A peer holding a connection open without asking for anything must not hold a slot:
+    // the headers within 10 s, the whole request (a GET: no body) within 15 s, idle sockets closed.
     this.server.headersTimeout = 10_000;
-    this.server.requestTimeout = 0;
+    this.server.requestTimeout = 15_000;
+    this.server.keepAliveTimeout = 5_000;
+    this.server.maxHeadersCount = 20;
+    this.server.maxConnections = 4 * options.maxUploads() + 16;
+  }
+
+  private get clock(): Clock {
+    return this.options.clock ?? systemClock;
   }
 
   get serving(): number {
@@ -78,17 +95,19 @@ export class PeerServer {
 
   private refuse(res: ServerResponse, status: number, message: string, why?: "busy" | "auth" | "unknown"): void {
     if (why) this.options.onRefused(why);
-    res.writeHead(status, { "content-type": "text/plain", ...(status === 503 ? { "retry-after": "1" } : {}) });
+    res.writeHead(status, { "content-type": "text/plain", connection: "close", ...(status === 503 ? { "retry-after": "1" } : {}) });
     res.end(`${message}\n`);
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const now = (this.options.clock ?? systemClock).now();
+    const now = this.clock.now();
     if (req.method !== "GET") return this.refuse(res, 405, "only GET");
     const target = req.url ?? "";
     const range = typeof req.headers.range === "string" ? req.headers.range : undefined;
-    const verdict = this.verifier.verify(this.options.keys(), req.headers.authorization, { method: "GET", path: target, range }, now);
-    if (!verdict.ok) return this.refuse(res, 401, `not authenticated: ${verdict.reason}`, "auth");
+    const self = this.options.self();
+    const verdict = this.verifier.verify(this.options.keys(), req.headers.authorization, { method: "GET", path: target, range, to: self }, now);
+    // Why is for this node's log, not for whoever asked.
+    if (!verdict.ok) return this.refuse(res, 401, "unauthorized", "auth");
     const wanted = parseImageUrl(target);
     if (!wanted) return this.refuse(res, 404, "no such image", "unknown");
     const holding = this.options.lookup(wanted.file);
@@ -100,13 +119,13 @@ export class PeerServer {
     const stop = new AbortController();
     res.on("close", () => stop.abort());
     try {
-      await this.send(holding, start, res, stop.signal);
+      await this.send(holding, start, res, stop.signal, { nonce: verdict.nonce, by: verdict.by, to: self }, verdict.key);
     } finally {
       this.uploads--;
     }
   }
 
-  private async send(holding: Holding, start: number, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  private async send(holding: Holding, start: number, res: ServerResponse, signal: AbortSignal, request: { nonce: string; by: string; to: string }, key: Buffer): Promise<void> {
     const copying = holding.copying;
     const stallMs = this.options.stallMs();
     // A cached copy is complete; a copy being made grows until its writer stops.
@@ -128,11 +147,20 @@ export class PeerServer {
         "content-type": "application/octet-stream",
         "x-image-size": String(holding.size),
         ...(start === 0 ? {} : { "content-range": `bytes ${start}-${holding.size - 1}/${holding.size}` }),
-        trailer: SHA_TRAILER,
+        trailer: `${SHA_TRAILER}, ${SHA_SIG_TRAILER}`,
       });
-      for await (const chunk of followFile(handle, { from: start, size: holding.size, growing, stallMs, signal })) {
-        if (!res.write(chunk)) await drainOrClose(res);
+      const pace = new ClientPace(this.clock);
+      for await (const chunk of followFile(handle, { from: start, size: holding.size, growing, stallMs, signal, clock: this.clock })) {
+        if (!res.write(chunk)) {
+          const waited = await pace.wait(() => drainOrClose(res, DRAIN_DEADLINE_MS));
+          if (!waited || pace.tooSlow()) {
+            this.options.logger.info({ image: holding.file, peer: request.by }, waited ? "peer transfer cut: the client reads too slowly" : "peer transfer cut: the client stopped reading");
+            res.destroy();
+            return;
+          }
+        }
         if (signal.aborted) return;
+        pace.sent(chunk.length);
         this.options.onServed(chunk.length);
       }
       // The checksum, once this node has verified its own copy: the receiver checks what it got against it.
@@ -141,7 +169,7 @@ export class PeerServer {
         res.destroy();
         return;
       }
-      res.addTrailers({ [SHA_TRAILER]: sha });
+      res.addTrailers({ [SHA_TRAILER]: sha, [SHA_SIG_TRAILER]: signChecksum(key, { id: holding, sha256: sha, ...request }) });
       res.end();
     } catch (err) {
       // The copy being followed failed or stalled: cut, so that the peer sees an incomplete transfer and goes elsewhere.
@@ -153,17 +181,54 @@ export class PeerServer {
   }
 }
 
-/** Until the response can take more, or is gone; without leaving a listener behind (one per chunk would pile up). */
-function drainOrClose(res: ServerResponse): Promise<void> {
+/**
+ * Until the response can take more (true), is gone (true: the caller sees
+ * the abort), or `deadlineMs` passed with the client taking nothing
+ * (false); without leaving a listener or timer behind.
+ */
+function drainOrClose(res: ServerResponse, deadlineMs: number): Promise<boolean> {
+  // Closed already (the client hung up while the chunk was written): no "close" event is coming.
+  if (res.destroyed || res.closed) return Promise.resolve(true);
   return new Promise((resolve) => {
-    const done = () => {
-      res.off("drain", done);
-      res.off("close", done);
-      resolve();
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      res.off("drain", drained);
+      res.off("close", drained);
+      resolve(ok);
     };
-    res.on("drain", done);
-    res.on("close", done);
+    const drained = () => done(true);
+    const timer = setTimeout(() => done(false), deadlineMs);
+    res.on("drain", drained);
+    res.on("close", drained);
   });
+}
+
+/** How fast a client takes a response, counted only while the server waits on it (a copy being followed may be slow at its source). */
+class ClientPace {
+  private bytes = 0;
+  private waitedMs = 0;
+  private readonly started: number;
+
+  constructor(private readonly clock: Clock) {
+    this.started = clock.monotonic();
+  }
+
+  sent(n: number): void {
+    this.bytes += n;
+  }
+
+  async wait(drain: () => Promise<boolean>): Promise<boolean> {
+    const from = this.clock.monotonic();
+    const ok = await drain();
+    this.waitedMs += this.clock.monotonic() - from;
+    return ok;
+  }
+
+  /** Most of the time spent waiting on the client, past the grace, at less than the minimum rate. */
+  tooSlow(): boolean {
+    const elapsed = this.clock.monotonic() - this.started;
+    return elapsed > MIN_RATE_GRACE_MS && this.waitedMs > elapsed / 2 && (this.bytes * 1000) / elapsed < MIN_RATE_BYTES_S;
+  }
 }
 
 function withTimeout<T>(p: Promise<T> | undefined, ms: number): Promise<T | undefined> {

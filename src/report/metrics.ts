@@ -7,6 +7,7 @@ import { errorMessage } from "../errors.js";
 import { writeFileAtomic } from "./atomic-file.js";
 import type { DirName, DirReason } from "../plan/availability.js";
 import type { DatasetState, DatasetStatus, StatusReport } from "./status.js";
+import { IGNORED_REASONS } from "../fleet/records.js";
 
 const PREFIX = "scratch_manager_";
 
@@ -97,6 +98,9 @@ export class Metrics {
   private readonly peerServedBytes: Counter;
   private readonly peerRefused: Counter<"reason">;
   private readonly peerMismatches: Counter;
+  private readonly peerConflicts: Counter;
+  private readonly peerRecordsIgnored: Counter<"reason">;
+  private readonly peerRecordsFailing: Gauge;
   private previousPeers?: NonNullable<StatusReport["peers"]>["counters"];
 
   /** The previous report's totals, per dataset, to turn totals into increments. */
@@ -160,6 +164,15 @@ export class Metrics {
       registers,
     });
     this.peerMismatches = counter("peer_checksum_mismatches_total", "Copies from peers discarded because their SHA-256 did not match the image's.");
+    this.peerConflicts = counter("peer_checksum_conflicts_total", "Images for which two different checksums signed with the fleet key were seen (a node with the key lies, or the image changed within a second); neither was used.");
+    this.peerRecordsIgnored = new Counter({
+      name: `${PREFIX}peer_records_ignored_total`,
+      help: "Peer records ignored, each counted once: reason=unsigned, bad_signature, too_large, future, too_many_images, malformed.",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.peerRecordsFailing = gauge("peer_records_failing", "1 while this node cannot publish or read the peer records (a read-only or unreachable peer_dir).");
+    for (const reason of IGNORED_REASONS) this.peerRecordsIgnored.inc({ reason }, 0);
     // Every label value at 0 from the start: a rate() over a series that appears later misses its first increase.
     for (const source of ["peer", "server"]) this.peerFillBytes.inc({ source }, 0);
     for (const reason of ["busy", "auth", "unknown"]) this.peerRefused.inc({ reason }, 0);
@@ -239,7 +252,7 @@ export class Metrics {
     const peers = report.peers;
     this.peerConfigured.set(peers ? 1 : 0);
     if (peers) {
-      const was = this.previousPeers ?? { fromPeersBytes: 0, fromServerBytes: 0, servedBytes: 0, refusedBusy: 0, refusedAuth: 0, refusedUnknown: 0, checksumMismatches: 0 };
+      const was = this.previousPeers ?? { fromPeersBytes: 0, fromServerBytes: 0, servedBytes: 0, refusedBusy: 0, refusedAuth: 0, refusedUnknown: 0, checksumMismatches: 0, checksumConflicts: 0, recordsIgnored: {} };
       const c = peers.counters;
       this.peerEnabled.set(peers.enabled ? 1 : 0);
       this.peersLive.set(peers.peersLive);
@@ -251,7 +264,10 @@ export class Metrics {
       this.peerRefused.inc({ reason: "auth" }, growth(was.refusedAuth, c.refusedAuth));
       this.peerRefused.inc({ reason: "unknown" }, growth(was.refusedUnknown, c.refusedUnknown));
       this.peerMismatches.inc(growth(was.checksumMismatches, c.checksumMismatches));
-      this.previousPeers = { ...c };
+      this.peerConflicts.inc(growth(was.checksumConflicts ?? 0, c.checksumConflicts ?? 0));
+      for (const reason of IGNORED_REASONS) this.peerRecordsIgnored.inc({ reason }, growth(was.recordsIgnored?.[reason] ?? 0, c.recordsIgnored?.[reason] ?? 0));
+      this.peerRecordsFailing.set(peers.recordsProblem ? 1 : 0);
+      this.previousPeers = { ...c, recordsIgnored: { ...c.recordsIgnored } };
     }
   }
 

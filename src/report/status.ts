@@ -102,6 +102,8 @@ export interface PeerStatus {
   peersLive: number;
   /** Transfers this node is serving now. */
   serving: number;
+  /** Why the records cannot be published or read now (a read-only peer_dir, a file server not answering); the rest of peer fill goes on. */
+  recordsProblem?: string;
   counters: {
     fromPeersBytes: number;
     fromServerBytes: number;
@@ -110,5 +112,9 @@ export interface PeerStatus {
     refusedAuth: number;
     refusedUnknown: number;
     checksumMismatches: number;
+    /** Two different signed checksums for one image: neither was used. */
+    checksumConflicts: number;
+    /** Records ignored, each counted once, by why (records.ts IgnoredReason). */
+    recordsIgnored: Record<string, number>;
   };
 }

@@ -2,6 +2,7 @@ import path from "node:path";
 import stringWidth from "string-width";
 import { formatBytes, formatRate } from "../units.js";
 import { formatAge, formatClock } from "./clock.js";
+import { printable } from "../lib/text.js";
 import type { DatasetStatus, RefusedImage, StatusReport } from "./status.js";
 
 /** Size and free space of the cache file system, as `status` measured it just now. */
@@ -69,7 +70,7 @@ export function stateText(d: DatasetStatus, reference: number): string {
           ? `copying ${Math.min(100, Math.floor((100 * d.copy.doneBytes) / d.copy.totalBytes))}% at ${formatRate(d.copy.bytesPerSecond)}`
           : "copying";
       // Peer fill: where the bytes come from (the file server, or another node).
-      if (d.copy?.from !== undefined) base += d.copy.from === "server" ? " from the file server" : ` from ${d.copy.from}`;
+      if (d.copy?.from !== undefined) base += d.copy.from === "server" ? " from the file server" : ` from ${printable(d.copy.from)}`;
       break;
     default: {
       const unknown: never = d.state;
@@ -164,7 +165,8 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
 
 /** Peer fill in one line: on or why not, the fleet, and where this node's copies came from. */
 function peerLine(p: NonNullable<StatusReport["peers"]>): string {
-  if (!p.enabled) return `peer fill: off${p.problem ? ` (${p.problem})` : ""}`;
+  if (!p.enabled) return `peer fill: off${p.problem ? ` (${printable(p.problem, 400)})` : ""}`;
   const c = p.counters;
-  return `peer fill: on as ${p.node ?? "?"}, ${plural(p.peersLive, "peer", "peers")} seen; filled ${formatBytes(c.fromPeersBytes)} from peers and ${formatBytes(c.fromServerBytes)} from the file server, served ${formatBytes(c.servedBytes)} to peers${p.serving > 0 ? ` (${p.serving} now)` : ""}${c.checksumMismatches > 0 ? `, ${c.checksumMismatches} copies from peers discarded (checksum)` : ""}`;
+  const ignored = Object.values(c.recordsIgnored ?? {}).reduce((a, b) => a + b, 0);
+  return `peer fill: on as ${printable(p.node ?? "?")}, ${plural(p.peersLive, "peer", "peers")} seen; filled ${formatBytes(c.fromPeersBytes)} from peers and ${formatBytes(c.fromServerBytes)} from the file server, served ${formatBytes(c.servedBytes)} to peers${p.serving > 0 ? ` (${p.serving} now)` : ""}${c.checksumMismatches > 0 ? `, ${c.checksumMismatches} copies from peers discarded (checksum)` : ""}${(c.checksumConflicts ?? 0) > 0 ? `, ${c.checksumConflicts} images with two different signed checksums` : ""}${ignored > 0 ? `, ${ignored} records ignored (unsigned or out of bounds)` : ""}${p.recordsProblem ? `; records: ${p.recordsProblem}` : ""}`;
 }

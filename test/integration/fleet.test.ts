@@ -15,6 +15,7 @@ import http from "node:http";
 import path from "node:path";
 import { test } from "node:test";
 import { sign } from "../../src/fleet/auth.js";
+import { signRecord, verifyRecordLines, type PeerRecord } from "../../src/fleet/records.js";
 import { imageUrl } from "../../src/fleet/server.js";
 import type { StatusReport } from "../../src/report/status.js";
 import { CLI, Daemon, FaultFs, makeImage, stackAt, waitUntil, withRoot, backingFileOf, type MountRow, type TestRoot } from "./harness.js";
@@ -200,20 +201,21 @@ test("a peer that sends wrong bytes (its SSD copy corrupted): the checksum does 
 test("records that must not be used: a stale one (a node gone), a dead node's, an older version's; the image comes from the file server", async () => {
   await withRoot("fleet-records", async (root, track) => {
     const { fs } = await fileServer(root, 32 * MB);
-    writeKey(fs);
+    const key = writeKey(fs);
     const image = makeImage(root, path.join(fs.source, "alpha.sqfs"), { "data.bin": 4 * MB });
     const st = statSync(image);
     const peers = path.join(fs.source, ".scratch_manager", "peers");
     mkdirSync(peers, { recursive: true });
     const sha = "ab".repeat(32);
     const record = (node: string, updatedAt: number, size: number, mtimeMs: number) =>
-      `${JSON.stringify({ v: 1, node, updatedAt, images: [{ file: "alpha.sqfs", size, mtimeMs, sha256: sha, state: "cached", progress: size, from: "server", since: 0 }] })}\n`;
+      signRecord(key, { v: 1, node, updatedAt, images: [{ file: "alpha.sqfs", size, mtimeMs, sha256: sha, state: "cached", progress: size, from: "server", since: 0 }] });
     const stale = `127.0.0.1:${PORT0 + 7}`;
     const dead = `127.0.0.1:${PORT0 + 8}`;
     const older = `127.0.0.1:${PORT0 + 9}`;
     writeFileSync(path.join(peers, "stale.json"), record(stale, Date.now() - 3600_000, st.size, st.mtimeMs));
-    writeFileSync(path.join(peers, "dead.json"), record(dead, Date.now() + 3600_000, st.size, st.mtimeMs));
-    writeFileSync(path.join(peers, "older.json"), record(older, Date.now() + 3600_000, st.size - 4096, st.mtimeMs - 86_400_000));
+    // Fresh for the test's minute (a record from beyond the clock's skew would be ignored as from the future).
+    writeFileSync(path.join(peers, "dead.json"), record(dead, Date.now() + 30_000, st.size, st.mtimeMs));
+    writeFileSync(path.join(peers, "older.json"), record(older, Date.now() + 30_000, st.size - 4096, st.mtimeMs - 86_400_000));
     writeFileSync(path.join(peers, "garbage.json"), "{not json\n");
     const b = startNode(root, track, 1, { pin: "alpha" });
     await waitUntil("alpha cached", () => cachedOn(b, "alpha"), 60_000, 200);
@@ -225,8 +227,8 @@ test("records that must not be used: a stale one (a node gone), a dead node's, a
     const mine = readdirSync(peers).find((f) => f.startsWith("127.0.0.1_"));
     assert.ok(mine, `its record is in ${peers}: ${readdirSync(peers).join(", ")}`);
     await waitUntil("its record shows alpha cached", () => {
-      const r = JSON.parse(readFileSync(path.join(peers, mine), "utf8")) as { node: string; images: { file: string; state: string; sha256?: string }[] };
-      return r.node === b.address && r.images.some((i) => i.file === "alpha.sqfs" && i.state === "cached" && /^[0-9a-f]{64}$/.test(i.sha256 ?? ""));
+      const [r] = verifyRecordLines(readFileSync(path.join(peers, mine), "utf8"), [key], Date.now()).records as [PeerRecord | undefined];
+      return r !== undefined && r.node === b.address && r.images.some((i) => i.file === "alpha.sqfs" && i.state === "cached" && /^[0-9a-f]{64}$/.test(i.sha256 ?? ""));
     }, 20_000, 200);
     // A clean stop takes the record away: no one should ask a node that is gone.
     await b.d.stop();
@@ -264,7 +266,7 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     await waitUntil("alpha cached on node 0, its checksum known", () => cachedOn(a, "alpha") && statusSoon(a)?.peers?.enabled === true, 30_000, 100);
     const id = { file: "alpha.sqfs", size: st.size, mtimeMs: st.mtimeMs };
     const target = imageUrl(id);
-    const signed = (k: Buffer, t = target) => ({ authorization: sign(k, { method: "GET", path: t }, Date.now()) });
+    const signed = (k: Buffer, t = target) => ({ authorization: sign(k, { method: "GET", path: t, by: "127.0.0.1:1", to: a.address }, Date.now()) });
     const good = signed(key);
     await waitUntil("its record published (it serves alpha)", () => existsSync(path.join(fs.source, ".scratch_manager", "peers", `127.0.0.1_${PORT0}.json`)), 20_000, 100);
     const full = await get(a.address, target, good);
@@ -282,8 +284,9 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     const b = startNode(root, track, 1, { pin: "alpha" });
     await waitUntil("alpha cached on node 1", () => cachedOn(b, "alpha"), 60_000, 200);
     assert.ok(sameBytes(path.join(b.cache, "alpha.sqfs"), image));
-    await a.d.waitForLog("node 0 read the new key", (l) => l.msg === "the fleet key changed", 20_000);
-    assert.equal((await get(a.address, target, signed(key, target))).status, 401, "the old key no longer opens node 0");
+    await a.d.waitForLog("node 0 read the new key", (l) => l.msg.startsWith("the fleet key changed; the previous one is accepted for 10 more minutes"), 20_000);
+    // Rotation: the old key still opens node 0 for a while, so that nodes that have not read the new one yet still fill.
+    assert.equal((await get(a.address, target, signed(key, target))).status, 200, "the previous key is accepted during its grace");
 
     // A key others can read turns peer fill off, said once; made private again and reloaded, it is back on.
     writeKey(fs, randomBytes(32), 0o644);
@@ -298,6 +301,8 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     assert.equal(status(c).peers?.enabled, false);
     assert.match(statusText(c), /^peer fill: off \(the fleet key .* is readable by others/m);
     chmodSync(path.join(fs.source, ".scratch_manager", "peer.key"), 0o600);
+    // Past the FUSE attribute cache again: the reload must see the new mode, or the next look is a minute away.
+    await new Promise((r) => setTimeout(r, 1500));
     c.d.signal("SIGHUP");
     await waitUntil("peer fill on after the reload", () => statusSoon(c)?.peers?.enabled === true, 20_000, 200);
     // Too short a key, and none at all, are refused the same way.

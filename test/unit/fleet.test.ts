@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { MAX_SKEW_MS, sign, Verifier } from "../../src/fleet/auth.js";
-import { chooseSources, knownChecksum, leader, live, parseRecords, recordFileName, type PeerRecord, type RecordImage } from "../../src/fleet/records.js";
+import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync, chownSync } from "node:fs";
+import * as fs from "node:fs";
+import path from "node:path";
+import { chooseSources, leader, live, publishedChecksums, recordFileName, signRecord, verifyRecordLines, type PeerRecord, type RecordImage } from "../../src/fleet/records.js";
 import { imageUrl, parseImageUrl, parseRange } from "../../src/fleet/server.js";
-import { keyProblem } from "../../src/fleet/shared-dir.js";
+import { fleetIo, fleetLayout, type FleetIoResult } from "../../src/fleet/shared-dir.js";
+import { tempDir } from "./helpers.js";
 
 const KEY = Buffer.alloc(32, 7);
 const T = 1_800_000_000_000;
@@ -11,12 +15,12 @@ const ID = { file: "coco.sqfs", size: 1000, mtimeMs: 1_700_000_000_500 };
 const SHA = "a".repeat(64);
 
 describe("auth: HMAC of the request and its time, nonces not accepted twice", () => {
-  const req = { method: "GET", path: "/v1/images/coco.sqfs?size=1000&mtime=1", range: "bytes=10-" };
+  const req = { method: "GET", path: "/v1/images/coco.sqfs?size=1000&mtime=1", range: "bytes=10-", by: "node1:7823", to: "node2:7823" };
 
   test("a request signed with the key is accepted once; its replay is refused", () => {
     const v = new Verifier();
     const header = sign(KEY, req, T);
-    assert.deepEqual(v.verify([KEY], header, req, T + 5), { ok: true });
+    assert.deepEqual(v.verify([KEY], header, req, T + 5), { ok: true, nonce: /n=([0-9a-f]+)/.exec(header)?.[1], by: "node1:7823", key: KEY });
     assert.deepEqual(v.verify([KEY], header, req, T + 10), { ok: false, reason: "replayed" });
   });
 
@@ -30,6 +34,8 @@ describe("auth: HMAC of the request and its time, nonces not accepted twice", ()
     assert.deepEqual(v.verify([KEY], undefined, req, T), { ok: false, reason: "missing" });
     assert.deepEqual(v.verify([KEY], "Bearer abc", req, T), { ok: false, reason: "malformed" });
     assert.deepEqual(v.verify([], sign(KEY, req, T), req, T), { ok: false, reason: "bad-signature" }, "no key: nothing verifies");
+    assert.deepEqual(v.verify([KEY], sign(KEY, req, T), { ...req, to: "node3:7823" }, T), { ok: false, reason: "bad-signature" }, "meant for another node");
+    assert.deepEqual(v.verify([KEY], sign(KEY, { ...req, by: "bad name:1" }, T), req, T), { ok: false, reason: "malformed" }, "a requester that is not HOST:PORT");
   });
 });
 
@@ -42,12 +48,12 @@ function record(node: string, images: RecordImage[], updatedAt = T): PeerRecord 
 }
 
 describe("records", () => {
-  test("parsed one per line; a bad line or a bad entry is skipped, not the others", () => {
+  test("signed, one per line; a bad line is ignored with its reason, not the others", () => {
     const good = record("n1:1", [image()]);
-    const text = [JSON.stringify(good), "{half", JSON.stringify({ v: 2, node: "x", updatedAt: T, images: [] }), JSON.stringify(record("n2:1", [image(), { ...image(), file: "../etc/passwd" }, { ...image(), sha256: "zz" }]))].join("\n");
-    const parsed = parseRecords(text);
-    assert.deepEqual(parsed.map((r) => r.node), ["n1:1", "n2:1"]);
-    assert.equal(parsed[1]?.images.length, 1, "an entry with a path or a bad checksum is dropped");
+    const text = [signRecord(KEY, good), "{half\n", signRecord(KEY, { ...record("n2:1", []), v: 2 } as unknown as PeerRecord), signRecord(KEY, record("n3:1", [image(), { ...image(), file: "../etc/passwd" }]))].join("");
+    const { records, ignored } = verifyRecordLines(text, [KEY], T);
+    assert.deepEqual(records.map((r) => r.node), ["n1:1"]);
+    assert.deepEqual(ignored.map((i) => i.reason), ["unsigned", "malformed", "malformed"], "a record with an entry naming a path is ignored whole");
   });
 
   test("live: not this node's, not older than the stale limit", () => {
@@ -113,9 +119,10 @@ describe("choosing sources", () => {
     assert.equal(leader(rs, { node: "z:1", since: 99 }, ID), "z:1", "c started earlier but follows a peer: not a candidate");
   });
 
-  test("the checksum the fleet knows for this version", () => {
-    assert.equal(knownChecksum([record("a:1", [image({ sha256: undefined })]), record("b:1", [image()])], ID), SHA);
-    assert.equal(knownChecksum([record("b:1", [image({ size: 5 })])], ID), undefined);
+  test("the checksums the fleet publishes for this version, with who gives each", () => {
+    assert.deepEqual(publishedChecksums([record("a:1", [image({ sha256: undefined })]), record("b:1", [image()])], ID), new Map([[SHA, ["b:1"]]]));
+    assert.deepEqual(publishedChecksums([record("b:1", [image({ size: 5 })])], ID), new Map());
+    assert.equal(publishedChecksums([record("b:1", [image()]), record("c:1", [image({ sha256: "b".repeat(64) })])], ID).size, 2, "two different ones: the caller's alarm");
   });
 });
 
@@ -137,17 +144,80 @@ describe("requests", () => {
   });
 });
 
-describe("the fleet key", () => {
-  const file = "/data/.scratch_manager/peer.key";
-  test("usable: 32 bytes or more, mode 600 or stricter, owned by root", () => {
-    assert.equal(keyProblem({ kind: "present", mode: 0o600, uid: 0, bytes: Buffer.alloc(32) }, file, 0), undefined);
-    assert.equal(keyProblem({ kind: "present", mode: 0o400, uid: 0, bytes: Buffer.alloc(64) }, file, 0), undefined);
-  });
-  test("each problem in one line that says what to do", () => {
-    assert.match(keyProblem({ kind: "missing" }, file, 0) ?? "", /does not exist; make it once with: head -c 32 \/dev\/urandom > \/data\/\.scratch_manager\/peer\.key; chmod 600/);
-    assert.match(keyProblem({ kind: "present", mode: 0o644, uid: 0, bytes: Buffer.alloc(32) }, file, 0) ?? "", /readable by others \(mode 644\); chmod 600/);
-    assert.match(keyProblem({ kind: "present", mode: 0o640, uid: 0, bytes: Buffer.alloc(32) }, file, 0) ?? "", /mode 640/);
-    assert.match(keyProblem({ kind: "present", mode: 0o600, uid: 1000, bytes: Buffer.alloc(32) }, file, 0) ?? "", /owned by uid 1000, not root/);
-    assert.match(keyProblem({ kind: "present", mode: 0o600, uid: 0, bytes: Buffer.alloc(31) }, file, 0) ?? "", /has 31 bytes, fewer than 32/);
-  });
+/** fleetIo on real files in a temporary directory, in this process (the daemon runs the same function in a child). */
+describe("the fleet's files: StrictModes directories, one open of the key, exclusive temporary records", () => {
+  const layoutOf = (datadir: string) => fleetLayout({ datadir, peerDirOwner: 0 });
+  const key = (datadir: string) => fleetIo(fs, { op: "read-key", walk: layoutOf(datadir).keyDir, file: "peer.key", keyOwners: [0], maxBytes: 4097 }, () => "");
+  const refusal = (r: FleetIoResult) => (r.ok ? "" : `${r.refused.path} ${r.refused.problem}; ${r.refused.fix}`);
+  async function datadir(body: (dir: string) => void): Promise<void> {
+    const { dir, cleanup } = await tempDir("sm-fleet-io-");
+    try {
+      chmodSync(dir, 0o777);
+      mkdirSync(path.join(dir, ".scratch_manager"), { mode: 0o755 });
+      body(dir);
+    } finally {
+      await cleanup();
+    }
+  }
+
+  test("a good layout: the key read, a record written and read back, no temporary file left", () =>
+    datadir((dir) => {
+      writeFileSync(path.join(dir, ".scratch_manager", "peer.key"), Buffer.alloc(32, 1), { mode: 0o600 });
+      const r = key(dir);
+      assert.ok(r.ok && "key" in r && Buffer.from(r.key, "base64").equals(Buffer.alloc(32, 1)));
+      const walk = layoutOf(dir).recordsDir;
+      assert.deepEqual(fleetIo(fs, { op: "write-record", walk, file: "n1_1.json" }, () => "SMR1 x\n"), { ok: true, written: true });
+      assert.equal((statSync(path.join(dir, ".scratch_manager", "peers")).mode & 0o777), 0o755, "the records' directory made, 0755");
+      assert.deepEqual(readdirSync(path.join(dir, ".scratch_manager", "peers")), ["n1_1.json"]);
+      assert.deepEqual(fleetIo(fs, { op: "read-records", walk, maxFiles: 10, maxFileBytes: 100, maxTotalBytes: 1000 }, () => ""), { ok: true, lines: ["SMR1 x"], cutFiles: 0, cutBytes: 0, skipped: 0 });
+    }));
+
+  test("a symlink anywhere on the way, or as the key, is refused, naming the path", () =>
+    datadir((dir) => {
+      const real = path.join(dir, "real");
+      mkdirSync(real, { mode: 0o755 });
+      writeFileSync(path.join(real, "peer.key"), Buffer.alloc(32, 1), { mode: 0o600 });
+      fs.renameSync(path.join(dir, ".scratch_manager"), path.join(dir, "moved"));
+      symlinkSync(real, path.join(dir, ".scratch_manager"));
+      assert.match(refusal(key(dir)), /\/\.scratch_manager is a symbolic link, not a directory; rm .*install -d -o root -m 0755/);
+      fs.rmSync(path.join(dir, ".scratch_manager"));
+      fs.renameSync(path.join(dir, "moved"), path.join(dir, ".scratch_manager"));
+      symlinkSync(path.join(real, "peer.key"), path.join(dir, ".scratch_manager", "peer.key"));
+      assert.match(refusal(key(dir)), /peer\.key is a symbolic link/);
+    }));
+
+  test("a directory writable by others or owned by a user is refused; so is a key others can read", () =>
+    datadir((dir) => {
+      const own = path.join(dir, ".scratch_manager");
+      chmodSync(own, 0o777);
+      assert.match(refusal(key(dir)), /is writable by group or others \(mode 777\); chmod go-w/);
+      chmodSync(own, 0o755);
+      chownSync(own, 65534, 65534);
+      assert.match(refusal(key(dir)), /is owned by uid 65534, not by uid 0; chown 0/);
+      chownSync(own, 0, 0);
+      writeFileSync(path.join(own, "peer.key"), Buffer.alloc(32, 1), { mode: 0o644 });
+      chmodSync(path.join(own, "peer.key"), 0o644);
+      assert.match(refusal(key(dir)), /readable by others \(mode 644\); chmod 600/);
+    }));
+
+  test("a record is never written through a name someone planted: the planted link's target is untouched", () =>
+    datadir((dir) => {
+      const peers = path.join(dir, ".scratch_manager", "peers");
+      mkdirSync(peers, { mode: 0o755 });
+      const victim = path.join(dir, "victim");
+      writeFileSync(victim, "root's file\n");
+      symlinkSync(victim, path.join(peers, "n1_1.json"));
+      symlinkSync(victim, path.join(peers, ".n1_1.json.tmp"));
+      const walk = layoutOf(dir).recordsDir;
+      assert.deepEqual(fleetIo(fs, { op: "write-record", walk, file: "n1_1.json" }, () => "SMR1 y\n"), { ok: true, written: true });
+      assert.equal(readFileSync(victim, "utf8"), "root's file\n");
+      assert.equal(fs.lstatSync(path.join(peers, "n1_1.json")).isFile(), true, "the record replaced the link");
+      // Reading skips what is not a regular file (a link, a FIFO) and anything over the bounds.
+      symlinkSync(victim, path.join(peers, "link.json"));
+      writeFileSync(path.join(peers, "big.json"), "x".repeat(200));
+      const read = fleetIo(fs, { op: "read-records", walk, maxFiles: 10, maxFileBytes: 100, maxTotalBytes: 1000 }, () => "");
+      assert.ok(read.ok && "lines" in read);
+      assert.deepEqual(read.lines, ["SMR1 y"]);
+      assert.equal(read.skipped, 2);
+    }));
 });

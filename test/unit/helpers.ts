@@ -53,6 +53,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     policy: "adaptive",
     logFormat: "json",
     peerUploads: 4,
+    peerDirOwner: 0,
     verbose: false,
     ...over,
   };

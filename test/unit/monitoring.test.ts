@@ -44,6 +44,7 @@ describe("alerting rules (packaging/prometheus/scratch_manager.rules.yml)", () =
       "ScratchManagerDatadirUnavailable",
       "ScratchManagerDown",
       "ScratchManagerNotTicking",
+      "ScratchManagerPeerChecksumConflict",
       "ScratchManagerPeerFillOff",
       "ScratchManagerPeerSendsWrongBytes",
       "ScratchManagerPinNotCached",
