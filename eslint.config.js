@@ -20,21 +20,21 @@ export default tseslint.config(
         { object: "performance", property: "now", message: "Take a Clock (src/lib/clock.ts) and call clock.monotonic()." },
       ],
       "no-restricted-syntax": ["error", { selector: "NewExpression[callee.name='Date'][arguments.length=0]", message: "Take a Clock (src/lib/clock.ts): new Date(clock.now())." }],
-      // Only src/act/exec.ts may start programs: one place that enforces
+      // Only src/lib/exec.ts may start programs: one place that enforces
       // execFile with an argument array and a timeout, never a shell.
       "no-restricted-imports": [
         "error",
         {
           paths: [
-            { name: "child_process", message: "Run programs through src/act/exec.ts." },
-            { name: "node:child_process", message: "Run programs through src/act/exec.ts." },
+            { name: "child_process", message: "Run programs through src/lib/exec.ts." },
+            { name: "node:child_process", message: "Run programs through src/lib/exec.ts." },
           ],
         },
       ],
     },
   },
   {
-    files: ["src/act/exec.ts", "test/**", "bench/**", "packaging/**"],
+    files: ["src/lib/exec.ts", "test/**", "bench/**", "packaging/**"],
     rules: { "no-restricted-imports": "off" },
   },
   {

@@ -9,7 +9,7 @@ import { performance } from "node:perf_hooks";
 import type { Dataset } from "../src/plan/catalog.js";
 import { fillSlack, knapsack, type KnapsackItem } from "../src/plan/knapsack.js";
 import { plan } from "../src/plan/policy.js";
-import { ThroughputWindow } from "../src/plan/window.js";
+import { ThroughputWindow } from "./sim/throughput-window.js";
 import { GiB, makeDataset, MiB, TiB } from "./datasets.js";
 import { logUniform, prng } from "./rng.js";
 import { markdownTable, percentile } from "./stats.js";

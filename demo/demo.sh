@@ -97,7 +97,8 @@ deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
   layers=$(findmnt -n -o SOURCE "$root/mnt/imagenet" | wc -l)
   printf '\n   %s  scratch_manager status\n' "$(date +%T)"
-  status | sed -n '1,5p' | sed 's/^/   /'
+  # The dataset table (its header and the datasets' rows), not the summary above it: imagenet going from slow to copying to cached.
+  status | sed -n '/^NAME /,/^$/p' | sed '/^$/d; s/^/   /'
   ((layers == 2)) && break
   sleep 1
 done

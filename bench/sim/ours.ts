@@ -20,7 +20,7 @@
 import { decide } from "../../src/plan/decide.js";
 import { copyPriority } from "../../src/plan/policy.js";
 import { FAST_WINDOW_SHARE } from "../../src/plan/stats.js";
-import { ThroughputWindow } from "../../src/plan/window.js";
+import { ThroughputWindow } from "./throughput-window.js";
 import type { Decision, PolicyView, SimPolicy } from "./engine.js";
 import { indexOfName } from "./policies.js";
 

@@ -1,7 +1,7 @@
 import type { Dataset } from "../../src/plan/catalog.js";
 import { knapsack } from "../../src/plan/knapsack.js";
 import { copyPriority, plan } from "../../src/plan/policy.js";
-import { ThroughputWindow } from "../../src/plan/window.js";
+import { ThroughputWindow } from "./throughput-window.js";
 import type { Decision, PolicyView, SimConfig, SimPolicy } from "./engine.js";
 import type { Trace } from "./trace.js";
 

@@ -11,7 +11,7 @@ import { MiB } from "../datasets.js";
 import { fillSlack } from "../../src/plan/knapsack.js";
 import type { Decision, PolicyView, SimPolicy } from "./engine.js";
 import { indexOfName } from "./policies.js";
-import { ThroughputWindow } from "../../src/plan/window.js";
+import { ThroughputWindow } from "./throughput-window.js";
 
 /**
  * Bytes read, decayed exponentially with time constant `tauMs`: a memory of

@@ -1,4 +1,4 @@
-import { ThroughputWindow } from "../../src/plan/window.js";
+import { ThroughputWindow } from "./throughput-window.js";
 import { prng } from "../rng.js";
 
 /**

@@ -5,7 +5,7 @@ import type { Logger } from "pino";
 import { errnoCode, errorMessage } from "../errors.js";
 import { majorMinorOf } from "../observe/loops.js";
 import { actionDataset, type Action } from "../plan/diff.js";
-import type { Runner } from "./exec.js";
+import type { Runner } from "../lib/exec.js";
 import { attachAndMount, lazyUnmount } from "./mounts.js";
 import type { TransferPool } from "./transfers.js";
 

@@ -4,7 +4,7 @@ import path from "node:path";
 import { errnoCode } from "../errors.js";
 import { writeFileAtomic } from "../report/atomic-file.js";
 import type { LoopDevice } from "../observe/loops.js";
-import type { Runner } from "./exec.js";
+import type { Runner } from "../lib/exec.js";
 
 /**
  * Attach, mount, unmount, through util-linux.

@@ -1,4 +1,4 @@
-import type { Runner } from "./exec.js";
+import type { Runner } from "../lib/exec.js";
 import { systemClock, type Clock } from "../lib/clock.js";
 
 /**

@@ -5,7 +5,7 @@ import { errnoCode, errorMessage } from "../errors.js";
 import { sameVersion, type Dataset } from "../plan/catalog.js";
 import type { TransferInfo } from "../plan/diff.js";
 import { MiB } from "../units.js";
-import type { Runner } from "./exec.js";
+import type { Runner } from "../lib/exec.js";
 import { systemClock, type Clock } from "../lib/clock.js";
 
 /** A copy may be long (terabytes over NFS); a stalled one is cut by rsync's I/O timeout or cp's stall watchdog (commandTimeoutS). */

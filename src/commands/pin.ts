@@ -1,4 +1,4 @@
-import { run as realRun, type Runner } from "../act/exec.js";
+import { run as realRun, type Runner } from "../lib/exec.js";
 import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { systemClock, type Clock } from "../lib/clock.js";

@@ -1,5 +1,5 @@
 import picomatch from "picomatch";
-import { run } from "../act/exec.js";
+import { run } from "../lib/exec.js";
 import { configuredDir } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { DaemonNotRunning, readStatusFile, StatusFileError } from "../report/status-file.js";

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { open, unlink, utimes } from "node:fs/promises";
 import type { Logger } from "pino";
-import type { Runner } from "../act/exec.js";
+import type { Runner } from "../lib/exec.js";
 import { parseHostPort, type Config } from "../config.js";
 import { errnoCode, errorMessage } from "../errors.js";
 import type { PeerStatus } from "../report/status.js";
@@ -102,6 +102,7 @@ export class PeerFill {
   private keyReading?: Promise<void>;
   private recheckWanted = false;
   private server?: { server: PeerServer; listen: string };
+  private starting?: Promise<void>;
   private records: PeerRecord[] = [];
   private recordsReadAt = -Infinity;
   private readonly active = new Map<string, ActiveCopy>();
@@ -317,9 +318,19 @@ export class PeerFill {
     this.recheckWanted = true;
   }
 
-  private async startServer(): Promise<void> {
+  /**
+   * Start the listener, once: the tick and a copy's first fill may both
+   * ask for it while it is binding, and a second bind of the same port
+   * would fail and turn peer fill off.
+   */
+  private startServer(): Promise<void> {
+    this.starting ??= this.bindServer().finally(() => (this.starting = undefined));
+    return this.starting;
+  }
+
+  private async bindServer(): Promise<void> {
     const listen = this.config.peerListen;
-    if (!listen) return;
+    if (!listen || this.server) return;
     const server = new PeerServer({
       keys: () => this.keys(),
       self: () => this.node,

@@ -1,6 +1,6 @@
 import type * as FsModule from "node:fs";
 import path from "node:path";
-import { CommandFailedError, type Runner } from "../act/exec.js";
+import { CommandFailedError, type Runner } from "../lib/exec.js";
 import { errorMessage } from "../errors.js";
 
 /**

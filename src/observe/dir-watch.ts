@@ -1,6 +1,14 @@
-import type { ScanView } from "../plan/availability.js";
 import { ScanError } from "./scan.js";
 import { systemClock, type Clock } from "../lib/clock.js";
+
+/** What the observer has of one directory this tick. */
+export type ScanView<T> =
+  /** A scan finished since the previous tick. */
+  | { kind: "fresh"; result: T; at: number }
+  /** A scan failed since the previous tick. */
+  | { kind: "failed"; code: string; message: string; timedOut: boolean; at: number }
+  /** A scan is still running (started at `since`). */
+  | { kind: "waiting"; since: number };
 
 /** Thrown by DirWatch.exclusive when its caller gave up while waiting for its turn. */
 export class AbortedError extends Error {

@@ -1,9 +1,19 @@
 import { readFileSync } from "node:fs";
 import { readdir, readlink, stat } from "node:fs/promises";
 import path from "node:path";
-import type { Runner } from "../act/exec.js";
+import type { Runner } from "../lib/exec.js";
 import { errnoCode } from "../errors.js";
-import { DISKSTATS_SECTOR_BYTES } from "./diskstats.js";
+
+/**
+ * The "sectors read" counter of /sys/block/<dev>/stat (as of /proc/diskstats)
+ * counts 512-byte units whatever the device's sector size
+ * (Documentation/admin-guide/iostats.rst); the original multiplied by
+ * hw_sector_size, which over-counts 4Kn devices.
+ */
+export const SECTOR_BYTES = 512;
+
+/** Bytes read since the device was attached, by device name (e.g. "loop3"). */
+export type ReadCounters = Map<string, number>;
 
 export interface LoopDevice {
   /** "loop3" */
@@ -141,7 +151,7 @@ export function readLoopCounter(sysRoot: string, name: string): number | undefin
  */
 export function parseBlockStat(text: string): number | undefined {
   const sectors = Number(text.trim().split(/\s+/)[2]);
-  return Number.isSafeInteger(sectors) ? sectors * DISKSTATS_SECTOR_BYTES : undefined;
+  return Number.isSafeInteger(sectors) ? sectors * SECTOR_BYTES : undefined;
 }
 
 /** `losetup --list --json -O NAME,BACK-MAJ:MIN,BACK-INO` -> device name ("loop3") -> backing device and inode. Pure. */

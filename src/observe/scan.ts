@@ -11,7 +11,7 @@
 import type { Stats } from "node:fs";
 import { lstat, readdir, stat, statfs } from "node:fs/promises";
 import path from "node:path";
-import { CommandFailedError, type Runner } from "../act/exec.js";
+import { CommandFailedError, type Runner } from "../lib/exec.js";
 import { errnoCode, errorMessage } from "../errors.js";
 import type { FileEntry } from "./images.js";
 import { majorMinorOf } from "./loops.js";

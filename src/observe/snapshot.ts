@@ -1,8 +1,8 @@
 import path from "node:path";
-import type { Runner } from "../act/exec.js";
+import type { Runner } from "../lib/exec.js";
 import type { Config } from "../config.js";
-import type { ScanView } from "../plan/availability.js";
-import type { ReadCounters } from "./diskstats.js";
+import type { ScanView } from "./dir-watch.js";
+import type { ReadCounters } from "./loops.js";
 import { DirWatch } from "./dir-watch.js";
 import { PROBE_BYTES, probeHeader, type FileEntry, type Probe } from "./images.js";
 import { readBackingIds, readLoopCounter, readLoopDevice, readLoopDevices, type BackingId, type LoopDevice } from "./loops.js";

@@ -6,6 +6,7 @@
  */
 import type { Listing } from "../observe/scan.js";
 import type { Action } from "./diff.js";
+import type { ScanView } from "../observe/dir-watch.js";
 
 /**
  * Why a directory is (not) available, as Kubernetes status conditions name
@@ -44,14 +45,6 @@ export interface DirCondition {
   vanished?: string[];
 }
 
-/** What the observer has of one directory this tick. */
-export type ScanView<T> =
-  /** A scan finished since the previous tick. */
-  | { kind: "fresh"; result: T; at: number }
-  /** A scan failed since the previous tick. */
-  | { kind: "failed"; code: string; message: string; timedOut: boolean; at: number }
-  /** A scan is still running (started at `since`). */
-  | { kind: "waiting"; since: number };
 
 export interface AssessInput {
   previous: DirCondition;

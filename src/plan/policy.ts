@@ -22,15 +22,6 @@ export const UNCACHED_FLOOR = 0.5;
 export const KEEP_FACTOR = 0.25;
 
 
-export interface Desired {
-  /** Names of the datasets that should be on the cache tier. */
-  cached: Set<string>;
-  /** Bytes the cache may hold this tick, after space still held by dropped copies. */
-  budgetBytes: number;
-  /** Bytes held by cached copies already deleted but kept open by a loop device. */
-  ghostBytes: number;
-}
-
 export function capacityBytes(capacity: Capacity, cacheFsTotalBytes: number): number {
   return capacity.kind === "bytes" ? capacity.bytes : Math.floor((cacheFsTotalBytes * capacity.percent) / 100);
 }

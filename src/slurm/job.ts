@@ -5,7 +5,7 @@
  * `scontrol show job`'s text, where a comment holding spaces or "Key=value"
  * would be taken for other fields.
  */
-import type { Runner } from "../act/exec.js";
+import type { Runner } from "../lib/exec.js";
 import { errorMessage } from "../errors.js";
 
 export interface SlurmJob {

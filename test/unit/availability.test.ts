@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import type { FileEntry } from "../../src/observe/images.js";
 import type { Listing } from "../../src/observe/scan.js";
-import { allowedUnder, applyHolds, assessDir, massDisappearance, type AssessInput, type DirCondition, type ScanView } from "../../src/plan/availability.js";
+import type { ScanView } from "../../src/observe/dir-watch.js";
+import { allowedUnder, applyHolds, assessDir, massDisappearance, type AssessInput, type DirCondition } from "../../src/plan/availability.js";
 import type { Action } from "../../src/plan/diff.js";
 import { DATA, dataset, fileEntry } from "./helpers.js";
 

@@ -3,7 +3,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { copyFile, mkdir, open, stat, symlink, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { run } from "../../src/act/exec.js";
+import { run } from "../../src/lib/exec.js";
 import { PROBE_BYTES, probeHeader, type Probe } from "../../src/observe/images.js";
 import { listDirectory, readHeaders, ScanError } from "../../src/observe/scan.js";
 import { prng, tempDir } from "./helpers.js";

@@ -4,7 +4,7 @@ import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import { after, before, describe, test } from "node:test";
-import type { Runner } from "../../src/act/exec.js";
+import type { Runner } from "../../src/lib/exec.js";
 import { majorMinorOf, parseBackingFile, parseBlockStat, parseLosetupBacking, readBackingIds, readLoopDevice, readLoopDevices, type LoopDevice } from "../../src/observe/loops.js";
 import { tempDir } from "./helpers.js";
 

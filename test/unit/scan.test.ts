@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdir, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CommandFailedError, run, type Runner } from "../../src/act/exec.js";
+import { CommandFailedError, run, type Runner } from "../../src/lib/exec.js";
 import { majorMinorOf } from "../../src/observe/loops.js";
 import { fatalFindError, listDirectory, parseErrorLine, parseFindListing, ScanError, splitHeadOutput, statFile } from "../../src/observe/scan.js";
 import { unchanged } from "../../src/observe/snapshot.js";

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { CommandFailedError, type Runner } from "../../src/act/exec.js";
+import { CommandFailedError, type Runner } from "../../src/lib/exec.js";
 import { pinSlurmJob, type SlurmDeps } from "../../src/commands/pin.js";
 import { UsageError } from "../../src/errors.js";
 import { datasetsInComment, parseJobJson, readSlurmJob } from "../../src/slurm/job.js";

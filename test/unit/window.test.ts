@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ThroughputWindow, TickClock, TierHistory } from "../../src/plan/window.js";
+import { ThroughputWindow } from "../../bench/sim/throughput-window.js";
+import { TickClock, TierHistory } from "../../src/plan/window.js";
 import { prng } from "./helpers.js";
 
 const SECOND = 1000;

@@ -1,8 +1,9 @@
 import type { Config } from "../config.js";
-import { assessDir, visibleNames, type DirCondition, type DirName, type ScanView } from "../plan/availability.js";
+import { assessDir, visibleNames, type DirCondition, type DirName } from "./availability.js";
+import type { ScanView } from "../observe/dir-watch.js";
 import type { DatadirMemory } from "../state/devices.js";
-import type { Listing } from "./scan.js";
-import type { CacheScan, DataScan, Observation } from "./snapshot.js";
+import type { Listing } from "../observe/scan.js";
+import type { CacheScan, DataScan, Observation } from "../observe/snapshot.js";
 
 /** One directory's memory: its condition, the last scan believed, the file system it was on. */
 interface DirState<T> {

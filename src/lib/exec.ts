@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { systemClock } from "../lib/clock.js";
+import { systemClock } from "./clock.js";
 
 /**
  * The one place that starts programs. Always execFile with an argument array
