@@ -209,6 +209,17 @@ function leadsTo(entries: ReadonlyMap<string, RecordImage>, node: string, self: 
   return result;
 }
 
+/**
+ * A node that started the same copy from the file server after this one
+ * (`since`, ties by name) and has no byte yet is still electing: by
+ * leader() it will follow this node, so this node must not follow it (the
+ * two would wait on each other). Records published late make the two see
+ * each other at once, without the election's wait.
+ */
+function startedAfter(e: RecordImage, node: string, self: { node: string; since: number }): boolean {
+  return e.state === "copying" && e.from === "server" && e.progress === 0 && (e.since > self.since || (e.since === self.since && node > self.node));
+}
+
 export interface Source {
   node: string;
   entry: RecordImage;
@@ -221,7 +232,7 @@ export interface Source {
  * wrong bytes), an older or newer version (identity), a held copy whose
  * checksum is unknown (it could not be verified), a chain that leads back here.
  */
-export function chooseSources(records: readonly PeerRecord[], self: string, id: ImageIdentity, avoid: ReadonlySet<string>, random: () => number = Math.random): Source[] {
+export function chooseSources(records: readonly PeerRecord[], self: string, id: ImageIdentity, avoid: ReadonlySet<string>, random: () => number = Math.random, since?: number): Source[] {
   const entries = new Map<string, RecordImage>();
   for (const r of records) {
     const e = entryFor(r, id);
@@ -234,7 +245,8 @@ export function chooseSources(records: readonly PeerRecord[], self: string, id: 
     if (node === self || avoid.has(node)) continue;
     if (entry.state === "cached") {
       if (entry.sha256 !== undefined) held.push({ node, entry });
-    } else if (!leadsTo(entries, node, self, known)) copying.push({ node, entry });
+    } else if (since !== undefined && startedAfter(entry, node, { node: self, since })) continue;
+    else if (!leadsTo(entries, node, self, known)) copying.push({ node, entry });
   }
   const shuffled = held.map((s) => ({ s, k: random() })).sort((a, b) => a.k - b.k).map(({ s }) => s);
   copying.sort((a, b) => b.entry.progress - a.entry.progress || a.node.localeCompare(b.node));

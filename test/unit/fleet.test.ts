@@ -221,3 +221,13 @@ describe("the fleet's files: StrictModes directories, one open of the key, exclu
       assert.equal(read.skipped, 2);
     }));
 });
+
+describe("a node starting a copy does not follow one that started it after", () => {
+  test("a copy from the file server with no byte yet, started later (or at once, by name), is left out: it will follow this node", () => {
+    const electing = (since: number) => image({ state: "copying", from: "server", progress: 0, since, sha256: undefined });
+    const rs = [record("later:1", [electing(200)]), record("earlier:1", [electing(50)]), record("b-same:1", [electing(100)]), record("ahead:1", [image({ state: "copying", from: "server", progress: 10, since: 300, sha256: undefined })])];
+    const chosen = chooseSources(rs, "a-me:1", ID, new Set(), () => 0.5, 100).map((s) => s.node);
+    assert.deepEqual(chosen.sort(), ["ahead:1", "earlier:1"], "the one that started first, and one with bytes already; not the later nor the tie after this name");
+    assert.equal(chooseSources(rs, "a-me:1", ID, new Set(), () => 0.5).length, 4, "without a start time, all four as before");
+  });
+});
