@@ -32,6 +32,41 @@ import { formatBytes } from "./units.js";
 import { PeerFill } from "./fleet/peer-fill.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
+/** A tick's view of the world, after observing and before planning. */
+interface TickInput {
+  config: Config;
+  now: number;
+  view: StorageView;
+  snapshot: Snapshot;
+  pins: Map<string, number | undefined>;
+  /** The copies as they were before cachedir was scanned. */
+  copiesAtScan: Map<string, Transfer>;
+  holds: Holds;
+  stacks: () => Map<string, Layer[]>;
+  /** What the plan is made of, but time and the read statistics (quietKey). */
+  key: () => string;
+}
+
+/** The last plan that had nothing to do, kept while its inputs are unchanged. */
+interface QuietPlan {
+  key: string;
+  catalog: Catalog;
+  report: StatusReport;
+  holdings: Holding[];
+  until: number;
+  bodyKey: string;
+}
+
+interface TickPlan {
+  catalog: Catalog;
+  stacks: Map<string, Layer[]>;
+  space: ReturnType<typeof budget>;
+  actions: Action[];
+  /** Actions wanted before the holds: any means the plan is not settled. */
+  wantedCount: number;
+  problems: string[];
+}
+
 export interface DaemonOptions {
   config: Config;
   logger: Logger;
@@ -84,7 +119,7 @@ export class Daemon {
   private readonly notifier: Notifier;
   private readonly metrics = new Metrics();
   /** The last tick that planned and had nothing to do (see tick: a quiet tick). */
-  private lastQuiet?: { key: string; catalog: Catalog; report: StatusReport; holdings: Holding[]; until: number; bodyKey: string };
+  private lastQuiet?: QuietPlan;
   /** Bumped when the configuration changes (a reload, datadir resolved): part of the quiet key. */
   private configGeneration = 0;
   /** Ticks that reused the last plan, since start (for the log and tests). */
@@ -151,30 +186,38 @@ export class Daemon {
     }
   }
 
-  /** One pass of observe -> plan -> diff -> act. */
+  /**
+   * One pass of the loop: observe, believe or hold, catalogue and measure,
+   * then either renew the last plan's report (a quiet tick: nothing read,
+   * nothing changed) or plan, act and tell.
+   */
   async tick(): Promise<StatusReport> {
     const started = this.clock.monotonic();
-    const config = this.config;
+    const seen = await this.observeTick(this.config);
+    const last = this.lastQuiet !== undefined && this.lastQuiet.key === seen.key() ? this.lastQuiet : undefined;
+    const catalog = this.catalogueTick(seen, last);
+    if (last && seen.now < last.until && seen.now - this.stats.lastAnyReadAt > seen.config.period * 1000) return this.quietTick(seen, last, started);
+    const plan = this.planTick(seen, catalog);
+    const acted = await this.actTick(seen, plan);
+    return this.tellTick(seen, plan, acted, started);
+  }
 
+  /** 1. Observe the machine and this tick's scans; 2. believe them or hold ("unavailable" is never "empty"); the pins. */
+  private async observeTick(config: Config): Promise<TickInput> {
     // Copies as they were before cachedir was scanned: one that finishes after the scan and before
     // diff is in neither the scan nor the pool, and would be started again (a second copy).
     const copiesAtScan = new Map(this.transfers.all);
-    // 1. Observe the machine, and this tick's scans of datadir and cachedir.
     const copying = [...this.transfers.all.values()].some((t) => t.state === "running");
     const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal, copying);
     const now = observation.now;
     const loops = relocateDetached(observation.loops, this.storage.datadirDevices, config);
-
-    // 2. Believe the scans, or hold: "unavailable" is never "empty" (plan/availability.ts).
     const view = this.storage.update(observation, this.knownImages(observation.mounts, loops), config);
     await this.noteStorage(view);
-    const holds: Holds = { datadir: !view.dataFresh, cachedir: !view.cacheFresh };
-    const cacheFiles = view.cache?.listing.entries ?? [];
     const partial: Snapshot = {
       now,
       images: [],
       probes: new Map(),
-      cacheFiles,
+      cacheFiles: view.cache?.listing.entries ?? [],
       mounts: observation.mounts,
       loops,
       readBytes: observation.readBytes,
@@ -183,48 +226,62 @@ export class Daemon {
     // Before any scan of datadir was believed (started while it is away), the datasets are what is mounted.
     const { images, probes } = view.data ? { images: view.data.listing.entries, probes: view.data.probes } : provisionalImages(partial, config);
     const snapshot: Snapshot = { ...partial, images, probes };
-    // The mount stacks: not needed by a quiet tick (below), which is most ticks of an idle node.
-    let stacksMemo: Map<string, Layer[]> | undefined;
-    const stacksOf = (): Map<string, Layer[]> => (stacksMemo ??= layerStacks(snapshot, config));
-
-    // 5 (first: part of what a quiet tick compares). Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
+    // Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(now);
-
-    // Everything the plan is made of, but time and the read statistics: the same as at the last tick
-    // that planned and found nothing to do means the same plan (see quietKey).
-    // Built only when it is compared now or kept at the end (at 10,000 datasets it is a megabyte string):
-    // not at every tick of a first start, which has something to do at each.
+    // The mount stacks, and the quiet key (a megabyte string at 10,000 datasets): built only when needed.
+    let stacksMemo: Map<string, Layer[]> | undefined;
     let keyMemo: string | undefined;
-    const keyOf = (): string => (keyMemo ??= this.quietKey(view, observation.mounts, loops, pins, copiesAtScan.size, now));
-    const last = this.lastQuiet !== undefined && this.lastQuiet.key === keyOf() ? this.lastQuiet : undefined;
+    return {
+      config,
+      now,
+      view,
+      snapshot,
+      pins,
+      copiesAtScan,
+      holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
+      stacks: () => (stacksMemo ??= layerStacks(snapshot, config)),
+      key: () => (keyMemo ??= this.quietKey(view, observation.mounts, loops, pins, copiesAtScan.size, now)),
+    };
+  }
 
-    // 3. Which images are datasets, which are refused, which are still being written.
-    const catalog = last ? last.catalog : catalogue(snapshot, this.previous, config, mountedImages(stacksOf()));
+  /** 3. Which images are datasets, which are refused, which are still being written; 4. read statistics over the window. */
+  private catalogueTick(seen: TickInput, last: QuietPlan | undefined): Catalog {
+    const { snapshot, config, view } = seen;
+    const catalog = last ? last.catalog : catalogue(snapshot, this.previous, config, mountedImages(seen.stacks()));
     if (view.dataFresh) this.lastDatasetFiles = new Set([...catalog.datasets.values()].map((d) => d.imageFile));
     if (!last) this.reportRefusals(catalog);
-
-    // 4. Read statistics over the window.
     this.stats.update(snapshot, config, catalog.nameOfFile, [...catalog.datasets.keys(), ...catalog.pending]);
+    return catalog;
+  }
 
-    // A quiet tick: nothing read within the window (every rate is 0), nothing changed, no time-bound
-    // event due (back-off, max_idle): the last plan stands and was done. Only the report is renewed.
-    if (last && now < last.until && now - this.stats.lastAnyReadAt > config.period * 1000) {
-      if (view.dataFresh) this.previous = snapshot;
-      this.ticks++;
-      this.quietTicks++;
-      const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: this.ticks, ms: Math.round(this.clock.monotonic() - started) }, cacheBytesServed: this.stats.cacheBytesServed };
-      report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
-      await this.attempt("peer fill", () => this.peers.tick(this.config, last.holdings));
-      if (config.peerListen) report.peers = this.peers.view();
-      this.logger.debug({ datasets: report.datasets.length, quiet: true, ms: report.tick.ms }, "tick");
-      await this.publish(report, countStates(report), last.bodyKey);
-      return report;
-    }
-    const stacks = stacksOf();
+  /**
+   * A quiet tick: nothing read within the window (every rate is 0), nothing
+   * changed, no time-bound event due (back-off, max_idle): the last plan
+   * stands and was done. Only the report is renewed.
+   */
+  private async quietTick(seen: TickInput, last: QuietPlan, started: number): Promise<StatusReport> {
+    if (seen.view.dataFresh) this.previous = seen.snapshot;
+    this.ticks++;
+    this.quietTicks++;
+    const report: StatusReport = { ...last.report, writtenAt: seen.now, tick: { count: this.ticks, ms: Math.round(this.clock.monotonic() - started) }, cacheBytesServed: this.stats.cacheBytesServed };
+    report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
+    await this.attempt("peer fill", () => this.peers.tick(this.config, last.holdings));
+    if (seen.config.peerListen) report.peers = this.peers.view();
+    this.logger.debug({ datasets: report.datasets.length, quiet: true, ms: report.tick.ms }, "tick");
+    await this.publish(report, countStates(report), last.bodyKey);
+    return report;
+  }
 
-    // 6. Decide (plan/decide.ts): the pins that fit, then the policy, within the budget
-    //    (capacity, less copies held open, within keep_free); copies admitted into free space.
-    const { capacity, keepFree, ghosts, bytes: budgetBytes } = budget(snapshot, config);
+  /**
+   * 5. Decide (plan/decide.ts): the pins that fit, then the policy, within
+   * the budget (capacity, less copies held open, within keep_free); copies
+   * admitted into free space. 6. The difference between what is and what
+   * should be, less what a directory that cannot be believed forbids.
+   */
+  private planTick(seen: TickInput, catalog: Catalog): TickPlan {
+    const { snapshot, config, now, pins, copiesAtScan, holds } = seen;
+    const stacks = seen.stacks();
+    const space = budget(snapshot, config);
     const { cached, admitted, pinProblems } = decide({
       datasets: [...catalog.datasets.values()],
       pending: catalog.pending,
@@ -233,20 +290,18 @@ export class Daemon {
       rate: (name) => this.stats.rate(name),
       fastRate: (name) => this.stats.fastRate(name),
       idle: (name) => {
-        const last = this.stats.get(name)?.lastReadAt;
-        return config.maxIdle > 0 && last !== undefined && now - last > config.maxIdle * 1000;
+        const lastRead = this.stats.get(name)?.lastReadAt;
+        return config.maxIdle > 0 && lastRead !== undefined && now - lastRead > config.maxIdle * 1000;
       },
       copying: new Set([...copiesAtScan.keys(), ...this.transfers.all.keys()]),
       space: {
-        capacity,
-        budget: budgetBytes,
-        ghosts,
+        capacity: space.capacity,
+        budget: space.bytes,
+        ghosts: space.ghosts,
         occupied: occupiedBytes(snapshot, this.transfers.all),
-        writable: writableBytes(snapshot, this.transfers.all) - keepFree,
+        writable: writableBytes(snapshot, this.transfers.all) - space.keepFree,
       },
     });
-
-    // 7. The difference between what is and what should be.
     const frozen = new Set([...this.backoff].filter(([, b]) => b.until > now).map(([name]) => name));
     const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...this.transfers.all]), frozen, admitted, ownedDirs: this.ownedDirs });
     // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
@@ -257,8 +312,13 @@ export class Daemon {
       ...problems.map((p) => ({ key: p.key, signature: p.message, log: () => this.logger.warn({ dataset: p.dataset, key: p.key }, p.message) })),
       ...pinProblems.map((message) => ({ key: message, signature: message, log: () => this.logger.warn(message) })),
     ]);
+    return { catalog, stacks, space, actions, wantedCount: wanted.actions.length, problems: [...problems.map((p) => p.message), ...pinProblems] };
+  }
 
-    // 8. Act on it, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off instead of blacklisting it forever.
+  /** 7. Act, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off instead of blacklisting it forever. */
+  private async actTick(seen: TickInput, plan: TickPlan): Promise<{ unmounted: number }> {
+    const { config, snapshot, now } = seen;
+    const { actions } = plan;
     const attaching = actions.flatMap((a) => (a.kind === "mount" ? [a.source] : []));
     // Which file each mount attaches, as this tick's scans saw it: the new loop device's backing identity.
     const identities = new Map([...snapshot.images, ...snapshot.cacheFiles].flatMap((e) => (e.dev === undefined ? [] : [[e.path, { dev: e.dev, ino: e.ino }] as const])));
@@ -276,35 +336,36 @@ export class Daemon {
     if (attaching.length > 0) await this.attempt("attach journal", () => this.journal.end());
     // Files deleted from cachedir this tick: a scan of it started before (one slower than its tick) is out of date.
     if (outcome.done.size > 0) this.observer.cachedir.invalidate();
-    const failed = new Set(outcome.failures.map((f) => f.action));
-    this.updateBackoff(outcome.done, failed, now);
-    // Slow mounts still to do (deferred past this tick's deadline, or failed): the progress of a first start.
-    const unmounted = actions.filter((a) => a.kind === "mount" && a.tier === "slow" && !outcome.done.has(a)).length;
+    this.updateBackoff(outcome.done, new Set(outcome.failures.map((f) => f.action)), now);
     for (const a of outcome.done) {
       if (a.kind === "mkdir") this.ownedDirs.add(a.path);
       if (a.kind === "rmdir") this.ownedDirs.delete(a.path);
     }
+    // Slow mounts still to do (deferred past this tick's deadline, or failed): the progress of a first start.
+    return { unmounted: actions.filter((a) => a.kind === "mount" && a.tier === "slow" && !outcome.done.has(a)).length };
+  }
 
-    // Peer fill: the verified copies this node can serve; its record, key and listener kept up.
+  /** 8. Peer fill kept up; then tell: the log, the status file, metrics, systemd. The plan is kept for quiet ticks when nothing is left to do. */
+  private async tellTick(seen: TickInput, plan: TickPlan, acted: { unmounted: number }, started: number): Promise<StatusReport> {
+    const { snapshot, config, now, pins, holds } = seen;
+    const { catalog, space, actions } = plan;
+    // The verified copies this node can serve.
     const holdings = [...catalog.datasets.values()].filter((d) => d.cache === "valid").map((d) => ({ file: d.imageFile, size: d.size, mtimeMs: d.mtimeMs, path: d.cachePath }));
     await this.attempt("peer fill", () => this.peers.tick(this.config, holdings));
-
     // Stability (an image mounted only once unchanged for a tick) is judged between believed scans only.
-    if (view.dataFresh) this.previous = snapshot;
+    if (seen.view.dataFresh) this.previous = snapshot;
     this.ticks++;
     const usedBytes = occupiedBytes(snapshot, this.transfers.all);
     const ms = Math.round(this.clock.monotonic() - started);
-
-    // 9. Tell: the log, the status file, metrics, systemd.
-    const report = this.buildReport({ snapshot, catalog, pins, stacks, capacity, ghosts, usedBytes, ms, problems: [...problems.map((p) => p.message), ...pinProblems] });
+    const report = this.buildReport({ snapshot, catalog, pins, stacks: plan.stacks, capacity: space.capacity, ghosts: space.ghosts, usedBytes, ms, problems: plan.problems });
     report.storage = { datadir: this.storage.datadir, cachedir: this.storage.cachedir };
     if (config.peerListen) report.peers = this.peers.view();
-    if (unmounted > 0) report.mounting = { mounted: catalog.datasets.size - unmounted, total: catalog.datasets.size };
+    if (acted.unmounted > 0) report.mounting = { mounted: catalog.datasets.size - acted.unmounted, total: catalog.datasets.size };
     const counts = countStates(report);
-    this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes, usedBytes, ghostBytes: ghosts, actions: actions.length, ms }, "tick");
+    this.logger.debug({ datasets: report.datasets.length, ...counts, budgetBytes: space.bytes, usedBytes, ghostBytes: space.ghosts, actions: actions.length, ms }, "tick");
     // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
-    const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && this.transfers.all.size === 0 && !holds.datadir && !holds.cachedir;
-    this.lastQuiet = settled ? { key: keyOf(), catalog, report, holdings, until: this.nextTimedEvent(now, [...catalog.datasets.keys()]), bodyKey: `quiet-${this.ticks}` } : undefined;
+    const settled = actions.length === 0 && plan.wantedCount === 0 && catalog.pending.size === 0 && this.transfers.all.size === 0 && !holds.datadir && !holds.cachedir;
+    this.lastQuiet = settled ? { key: seen.key(), catalog, report, holdings, until: this.nextTimedEvent(now, [...catalog.datasets.keys()]), bodyKey: `quiet-${this.ticks}` } : undefined;
     await this.publish(report, counts, this.lastQuiet?.bodyKey);
     return report;
   }
