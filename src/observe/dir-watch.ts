@@ -1,3 +1,4 @@
+import pLimit from "p-limit";
 import { ScanError } from "./scan.js";
 import { systemClock, type Clock } from "../lib/clock.js";
 
@@ -42,8 +43,8 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
  * outstanding, a tick sees it "waiting" (ScanView), however long that lasts.
  */
 export class DirWatch<T> {
-  /** The end of the queue: settles when the last operation queued has. */
-  private tail: Promise<unknown> = Promise.resolve();
+  /** One operation at a time, in the order asked (p-limit). */
+  private readonly queue = pLimit(1);
   private scan?: { since: number; done: Promise<void>; generation: number };
   /** The outcome of a scan that finished after its tick stopped waiting for it; the next tick takes it. */
   private unread?: { view: ScanView<T>; generation: number };
@@ -57,15 +58,10 @@ export class DirWatch<T> {
 
   /** Run `op` once every operation queued before it has settled. A caller that aborts stops waiting (the operation, if started, runs on). */
   exclusive<R>(op: () => Promise<R>, signal?: AbortSignal): Promise<R> {
-    const turn = this.tail.then(
-      () => undefined,
-      () => undefined,
-    );
-    const result = turn.then(() => {
+    const result = this.queue(() => {
       if (signal?.aborted) throw new AbortedError("cancelled");
       return op();
     });
-    this.tail = result.catch(() => undefined);
     return abortable(result, signal);
   }
 
