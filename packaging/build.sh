@@ -63,8 +63,11 @@ mkdir -p "$out/man"
 date_str=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)
 roff_help=$(printf '%s\n' "$help" | sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/" -e 's/-/\\-/g')
 # (ENVIRON, not awk -v, which would interpret the backslashes.)
-HELP=$roff_help VER=$version DATE=$date_str awk '
+# The configuration keys, from the one table of keys (src/config.ts).
+keys=$(node "$here/config-reference.mjs") || die "packaging/config-reference.mjs failed"
+KEYS=$keys HELP=$roff_help VER=$version DATE=$date_str awk '
   /^@HELP@$/ { print ENVIRON["HELP"]; next }
+  /^@KEYS@$/ { print ENVIRON["KEYS"]; next }
   { gsub(/@VERSION@/, ENVIRON["VER"]); gsub(/@DATE@/, ENVIRON["DATE"]); print }
 ' "$here/scratch_manager.8.in" >"$out/man/scratch_manager.8"
 

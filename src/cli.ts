@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { pinCommand, unpinCommand } from "./commands/pin.js";
 import { runCommand, type RunFlags } from "./commands/run.js";
+import { FLAGGED_KEYS } from "./config.js";
 import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
 import { isJournalStream } from "./log.js";
@@ -23,17 +24,13 @@ function version(): string {
  * `scratch_manager -c FILE -v` runs the daemon; `run` takes them too.
  */
 function daemonOptions(command: Command): Command {
-  return command
-    .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf, if it exists)")
-    .option("--datadir <dir>", "directory of dataset images (shared, slow storage)")
-    .option("--cachedir <dir>", "directory for cached copies (local, fast storage)")
-    .option("--mountdir <dir>", "directory under which each dataset is mounted at <name>")
-    .option("--capacity <size>", "cache capacity: NMB, NGB, NTB (powers of 1024), bytes, or N% of the cache file system")
-    .option("--period <seconds>", "sliding window of the read statistics (default 1200)")
-    .option("--interval <seconds>", "seconds between two passes of the loop (default 5)")
-    .addOption(new Option("--naming <rule>", "mount name of an image file (default first-dot)").choices(["first-dot", "strip-extension"]))
-    .option("--peer-listen <host:port>", "serve cached images to the other nodes and fill from them (peer_listen; needs the fleet key)")
-    .option("-v, --verbose", "log debug lines too");
+  command.option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf, if it exists)");
+  // The configuration keys that have a flag, from the one table of keys (config.ts).
+  for (const k of FLAGGED_KEYS) {
+    const option = new Option(k.flag, k.help);
+    command.addOption(k.choices ? option.choices(k.choices) : option);
+  }
+  return command.option("-v, --verbose", "log debug lines too");
 }
 
 export function buildProgram(): Command {

@@ -83,70 +83,12 @@ export interface Config {
 /** Raw key/value pairs as they come from the file or the flags, before validation. */
 export type RawConfig = Partial<Record<ConfigKey, string>>;
 
-export const CONFIG_KEYS = [
-  "datadir",
-  "cachedir",
-  "mountdir",
-  "capacity",
-  "period",
-  "interval",
-  "naming",
-  "command_timeout",
-  "scan_timeout",
-  "vanish_threshold",
-  "rescan_interval",
-  "pin",
-  "state_dir",
-  "runtime_dir",
-  "max_idle",
-  "keep_free",
-  "copy_bwlimit",
-  "max_copies",
-  "policy",
-  "metrics_file",
-  "metrics_listen",
-  "log_format",
-  "peer_listen",
-  "peer_advertise",
-  "peer_uploads",
-  "peer_key",
-  "peer_dir",
-  "peer_dir_owner",
-] as const;
-export type ConfigKey = (typeof CONFIG_KEYS)[number];
+export type ConfigKey = (typeof CONFIG_TABLE)[number]["key"];
 
-const REQUIRED: readonly ConfigKey[] = ["datadir", "cachedir", "mountdir", "capacity"];
 
 const DEFAULT_STATE_DIR = "/var/lib/scratch_manager";
 export const DEFAULT_RUNTIME_DIR = "/run/scratch_manager";
 
-/** The original's defaults, kept so that existing files work unchanged. */
-const DEFAULTS: RawConfig = {
-  period: "1200",
-  interval: "5",
-  naming: "first-dot",
-  command_timeout: "60",
-  scan_timeout: "30",
-  vanish_threshold: "50%",
-  rescan_interval: "1800",
-  pin: "",
-  state_dir: DEFAULT_STATE_DIR,
-  runtime_dir: DEFAULT_RUNTIME_DIR,
-  max_idle: "0",
-  keep_free: "0",
-  copy_bwlimit: "0",
-  max_copies: "2",
-  policy: "adaptive",
-  metrics_file: "",
-  metrics_listen: "",
-  log_format: "auto",
-  peer_listen: "",
-  peer_advertise: "",
-  peer_uploads: "4",
-  peer_key: "",
-  peer_dir: "",
-  peer_dir_owner: "root",
-};
 
 function bad(key: string, value: string, forms: string): UsageError {
   return new UsageError(`config: ${key} = ${JSON.stringify(value)} is not valid; expected ${forms}`);
@@ -205,46 +147,15 @@ function positiveDuration(key: string, value: string): number {
 /** Validate values (pure: no file system). Directories are checked by resolveDirectories. */
 export function validateConfig(raw: RawConfig, verbose = false): Config {
   const merged: RawConfig = { ...DEFAULTS, ...raw };
-  for (const key of REQUIRED) {
-    if (merged[key] === undefined || merged[key] === "") {
-      throw new UsageError(`config: missing key ${key}; set it in the config file or with --${key}`);
+  for (const spec of CONFIG_TABLE) {
+    if ("required" in spec && (merged[spec.key] === undefined || merged[spec.key] === "")) {
+      throw new UsageError(`config: missing key ${spec.key}; set it in the config file or with --${spec.key}`);
     }
   }
-  const dirs = {} as Record<"datadir" | "cachedir" | "mountdir", string>;
-  for (const key of ["datadir", "cachedir", "mountdir"] as const) {
-    const value = merged[key] as string;
-    if (!path.isAbsolute(value)) throw bad(key, value, key === "datadir" ? "an absolute path to a directory" : "an absolute path to an existing directory");
-    dirs[key] = path.resolve(value);
-  }
-  return {
-    ...dirs,
-    capacity: parseCapacity(merged.capacity as string),
-    period: positiveDuration("period", merged.period as string),
-    interval: positiveDuration("interval", merged.interval as string),
-    naming: oneOf("naming", merged.naming as string, NAMINGS),
-    commandTimeout: positiveDuration("command_timeout", merged.command_timeout as string),
-    scanTimeout: positiveDuration("scan_timeout", merged.scan_timeout as string),
-    vanishShare: parseVanishThreshold(merged.vanish_threshold as string),
-    rescanInterval: positiveDuration("rescan_interval", merged.rescan_interval as string),
-    pins: parsePins(merged.pin as string),
-    stateDir: absolutePath("state_dir", merged.state_dir as string),
-    runtimeDir: absolutePath("runtime_dir", merged.runtime_dir as string),
-    maxIdle: nonNegativeDuration("max_idle", merged.max_idle as string),
-    keepFree: parseKeepFree(merged.keep_free as string),
-    copyBwlimit: parseRate("copy_bwlimit", merged.copy_bwlimit as string),
-    maxCopies: parseCount("max_copies", merged.max_copies as string),
-    policy: oneOf("policy", (merged.policy as string).trim(), POLICIES),
-    metricsFile: merged.metrics_file ? absolutePath("metrics_file", merged.metrics_file) : undefined,
-    metricsListen: merged.metrics_listen ? (parseHostPort(merged.metrics_listen, "metrics_listen"), merged.metrics_listen.trim()) : undefined,
-    peerListen: merged.peer_listen ? (parseHostPort(merged.peer_listen, "peer_listen"), merged.peer_listen.trim()) : undefined,
-    peerAdvertise: merged.peer_advertise ? parseAdvertise(merged.peer_advertise) : undefined,
-    peerUploads: parseCount("peer_uploads", merged.peer_uploads as string),
-    peerKey: merged.peer_key ? absolutePath("peer_key", merged.peer_key) : undefined,
-    peerDir: merged.peer_dir ? absolutePath("peer_dir", merged.peer_dir) : undefined,
-    peerDirOwner: parseOwner(merged.peer_dir_owner as string),
-    logFormat: oneOf("log_format", (merged.log_format as string).trim(), LOG_FORMATS),
-    verbose,
-  };
+  const values: Partial<Record<keyof Config, unknown>> = { verbose };
+  for (const spec of CONFIG_TABLE) values[spec.field] = spec.parse(merged[spec.key] ?? "");
+  // Every field but verbose comes from one row of the table (checked by the type below), each parsed to its field's type.
+  return values as Config;
 }
 
 function oneOf<T extends string>(key: string, value: string, choices: readonly T[]): T {
@@ -431,4 +342,86 @@ export async function loadConfig(options: LoadOptions): Promise<Config> {
     if (value !== undefined) raw[key as ConfigKey] = value;
   }
   return resolveDirectories(validateConfig(raw, options.verbose));
+}
+
+/** One key of the configuration file: the one place it is spelled. */
+interface KeySpec<K extends string, F extends keyof Config> {
+  key: K;
+  field: F;
+  /** Its value when the file and the flags say nothing; absent with `required`, or for a key that is then unset. */
+  default?: string;
+  required?: true;
+  /** The command-line flag that sets it, if any (commander's syntax), and its choices. */
+  flag?: string;
+  choices?: readonly string[];
+  /** One line: what it means (--help, the man page). */
+  help: string;
+  /** Its text (after defaults, "" when unset) to its value; a bad one throws a UsageError naming the key and what is accepted. */
+  parse: (value: string) => Config[F];
+}
+
+function spec<K extends string, F extends keyof Config>(s: KeySpec<K, F>): KeySpec<K, F> {
+  return s;
+}
+
+const optional = <T>(value: string, parse: (v: string) => T): T | undefined => (value ? parse(value) : undefined);
+const hostPort = (key: string) => (value: string) => (parseHostPort(value, key), value.trim());
+const dir = (key: "datadir" | "cachedir" | "mountdir") => (value: string) => {
+  if (!path.isAbsolute(value)) throw bad(key, value, key === "datadir" ? "an absolute path to a directory" : "an absolute path to an existing directory");
+  return path.resolve(value);
+};
+
+/**
+ * Every key: its name, the Config field it sets, its default (the
+ * original's, where it had the key, so that existing files work unchanged),
+ * its flag, what it means and how it is read. The type, the defaults,
+ * validation, the flags and the man page's reference all come from here.
+ */
+export const CONFIG_TABLE = [
+  spec({ key: "datadir", field: "datadir", required: true, flag: "--datadir <dir>", help: "directory of dataset images (shared, slow storage)", parse: dir("datadir") }),
+  spec({ key: "cachedir", field: "cachedir", required: true, flag: "--cachedir <dir>", help: "directory for cached copies (local, fast storage); files there that belong to no image are deleted", parse: dir("cachedir") }),
+  spec({ key: "mountdir", field: "mountdir", required: true, flag: "--mountdir <dir>", help: "directory under which each dataset is mounted at <name>", parse: dir("mountdir") }),
+  spec({ key: "capacity", field: "capacity", required: true, flag: "--capacity <size>", help: "cache capacity: NMB, NGB, NTB (powers of 1024), bytes, or N% of the cache file system", parse: parseCapacity }),
+  spec({ key: "period", field: "period", default: "1200", flag: "--period <seconds>", help: "sliding window of the read statistics, seconds or a duration (10m, 1h)", parse: (v) => positiveDuration("period", v) }),
+  spec({ key: "interval", field: "interval", default: "5", flag: "--interval <seconds>", help: "seconds between two passes of the loop", parse: (v) => positiveDuration("interval", v) }),
+  spec({ key: "naming", field: "naming", default: "first-dot", flag: "--naming <rule>", choices: NAMINGS, help: "mount name of an image file: first-dot (coco.2017.sqfs -> coco) or strip-extension (-> coco.2017)", parse: (v) => oneOf("naming", v, NAMINGS) }),
+  spec({ key: "command_timeout", field: "commandTimeout", default: "60", help: "seconds a mount or umount may take, and a copy may go without moving data, before it is cut", parse: (v) => positiveDuration("command_timeout", v) }),
+  spec({ key: "scan_timeout", field: "scanTimeout", default: "30", help: "seconds a scan of datadir or cachedir may take before the directory is taken as not responding", parse: (v) => positiveDuration("scan_timeout", v) }),
+  spec({ key: "vanish_threshold", field: "vanishShare", default: "50%", help: "more than this share of the images vanishing from datadir in one scan is held back as an outage: N% or off", parse: parseVanishThreshold }),
+  spec({ key: "rescan_interval", field: "rescanInterval", default: "1800", help: "datadir is listed in full at least this often, even when it did not change", parse: (v) => positiveDuration("rescan_interval", v) }),
+  spec({ key: "pin", field: "pins", default: "", help: "datasets always cached (if they fit) and never evicted, comma-separated", parse: parsePins }),
+  spec({ key: "state_dir", field: "stateDir", default: DEFAULT_STATE_DIR, help: "where run-time pins and other state are kept", parse: (v) => absolutePath("state_dir", v) }),
+  spec({ key: "runtime_dir", field: "runtimeDir", default: DEFAULT_RUNTIME_DIR, help: "where status.json is rewritten each tick", parse: (v) => absolutePath("runtime_dir", v) }),
+  spec({ key: "max_idle", field: "maxIdle", default: "0", help: "a cached dataset unread this long is evicted even if it fits; 0: never", parse: (v) => nonNegativeDuration("max_idle", v) }),
+  spec({ key: "keep_free", field: "keepFree", default: "0", help: "space of the cache file system the cache never takes, counting other programs' files (50GB, 10%)", parse: parseKeepFree }),
+  spec({ key: "copy_bwlimit", field: "copyBwlimit", default: "0", help: "bytes per second of each copy (200MB); 0: unlimited", parse: (v) => parseRate("copy_bwlimit", v) }),
+  spec({ key: "max_copies", field: "maxCopies", default: "2", help: "copies running at once", parse: (v) => parseCount("max_copies", v) }),
+  spec({ key: "policy", field: "policy", default: "adaptive", help: "how datasets are chosen: adaptive or original", parse: (v) => oneOf("policy", v.trim(), POLICIES) }),
+  spec({ key: "metrics_file", field: "metricsFile", default: "", help: "Prometheus text file for node_exporter's textfile collector", parse: (v) => optional(v, (p) => absolutePath("metrics_file", p)) }),
+  spec({ key: "metrics_listen", field: "metricsListen", default: "", help: "serve Prometheus metrics at http://HOST:PORT/metrics", parse: (v) => optional(v, hostPort("metrics_listen")) }),
+  spec({ key: "log_format", field: "logFormat", default: "auto", help: "journal, json, or auto (journal when standard output is the journal)", parse: (v) => oneOf("log_format", v.trim(), LOG_FORMATS) }),
+  spec({ key: "peer_listen", field: "peerListen", default: "", flag: "--peer-listen <host:port>", help: "serve cached images to the other nodes and fill from them (peer_listen; needs the fleet key)", parse: (v) => optional(v, hostPort("peer_listen")) }),
+  spec({ key: "peer_advertise", field: "peerAdvertise", default: "", help: "the HOST:PORT other nodes reach this one at", parse: (v) => optional(v, parseAdvertise) }),
+  spec({ key: "peer_uploads", field: "peerUploads", default: "4", help: "transfers served to peers at once; more are told 503", parse: (v) => parseCount("peer_uploads", v) }),
+  spec({ key: "peer_key", field: "peerKey", default: "", help: "the fleet key, if not datadir/.scratch_manager/peer.key (a local copy, for read-only or root_squash exports)", parse: (v) => optional(v, (p) => absolutePath("peer_key", p)) }),
+  spec({ key: "peer_dir", field: "peerDir", default: "", help: "directory of the peers' records, if not datadir/.scratch_manager/peers", parse: (v) => optional(v, (p) => absolutePath("peer_dir", p)) }),
+  spec({ key: "peer_dir_owner", field: "peerDirOwner", default: "root", help: "who may own peer_dir besides root: a user name or a uid (nobody for root_squash)", parse: parseOwner }),
+] as const;
+
+/** Every field of Config but verbose has its row: a field added without one does not compile. */
+type Unspecified = Exclude<keyof Config, "verbose" | (typeof CONFIG_TABLE)[number]["field"]>;
+const everyFieldHasARow: [Unspecified] extends [never] ? true : Unspecified = true;
+void everyFieldHasARow;
+
+export const CONFIG_KEYS: readonly ConfigKey[] = CONFIG_TABLE.map((s) => s.key);
+
+const DEFAULTS: RawConfig = Object.fromEntries(CONFIG_TABLE.flatMap((s) => ("default" in s ? [[s.key, s.default]] : [])));
+
+/** The keys that have a flag, as commander names its value (--peer-listen -> peerListen). */
+export const FLAGGED_KEYS: readonly { key: ConfigKey; flag: string; help: string; choices?: readonly string[]; option: string }[] = CONFIG_TABLE.flatMap((s: KeySpec<ConfigKey, keyof Config>) =>
+  s.flag === undefined ? [] : [{ key: s.key, flag: s.flag, help: s.default ? `${s.help} (default ${s.default})` : s.help, choices: s.choices, option: camelCase(s.key) }],
+);
+
+function camelCase(key: string): string {
+  return key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 }

@@ -1,20 +1,14 @@
-import { loadConfig, type Config, type RawConfig } from "../config.js";
+import { FLAGGED_KEYS, loadConfig, type Config, type RawConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { createLogger, LogDestination, resolveLogFormat } from "../log.js";
 import { formatBytes } from "../units.js";
 
+/** The daemon's flags: --config, --verbose, and a flag for each key of the table that has one (FLAGGED_KEYS), by commander's name for it. */
 export interface RunFlags {
   config?: string;
-  datadir?: string;
-  cachedir?: string;
-  mountdir?: string;
-  capacity?: string;
-  period?: string;
-  interval?: string;
-  naming?: string;
-  peerListen?: string;
   verbose?: boolean;
+  [option: string]: string | boolean | undefined;
 }
 
 function describe(config: Config): Record<string, unknown> {
@@ -40,16 +34,11 @@ const STOP_GRACE_MS = 15_000;
 
 /** `scratch_manager [run]`: the daemon. Configuration errors throw UsageError before anything is touched. */
 export async function runCommand(flags: RunFlags): Promise<void> {
-  const raw: RawConfig = {
-    datadir: flags.datadir,
-    cachedir: flags.cachedir,
-    mountdir: flags.mountdir,
-    capacity: flags.capacity,
-    period: flags.period,
-    interval: flags.interval,
-    naming: flags.naming,
-    peer_listen: flags.peerListen,
-  };
+  const raw: RawConfig = {};
+  for (const { key, option } of FLAGGED_KEYS) {
+    const value = flags[option];
+    if (typeof value === "string") raw[key] = value;
+  }
   const load = () => loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
   const config = await load();
   const destination = new LogDestination(resolveLogFormat(config.logFormat));
