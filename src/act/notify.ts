@@ -10,8 +10,8 @@ import { systemClock, type Clock } from "../lib/clock.js";
  * the STATUS and WATCHDOG=1, and one that did not change is sent again only
  * after half the watchdog's period (WATCHDOG_USEC, as sd_watchdog_enabled(3)
  * advises), or a minute without a watchdog: a lost message is made good by
- * then. Not every tick: a program started every tick cost a quiet tick with
- * 1,000 datasets a tenth of its CPU (BENCHMARKS.md).
+ * then. Not every tick: a program started each tick is much of a quiet
+ * tick's CPU (BENCHMARKS.md).
  * Without NOTIFY_SOCKET (not started by systemd) nothing is sent.
  */
 export class Notifier {

@@ -203,10 +203,9 @@ export class Observer {
 
   /**
    * The read counters of the loop devices, not all of them each tick: the
-   * kernel sums a device's counters over every CPU and counts its requests
-   * in flight for each read of its stats, so that reading /proc/diskstats
-   * cost 100 ms of system time a tick with 10,000 loop devices, whether
-   * anyone read them or not. A device read lately (its counter moved in the
+   * kernel sums a device's counters over every CPU for each read of its
+   * stats, so reading all of them grows with the loop devices, read or not
+   * (BENCHMARKS.md, issue 11). A device read lately (its counter moved in the
    * last minute) is sampled every tick, a new one at once, the idle ones in
    * turn, each at least every IDLE_SAMPLE_MS (all of them every tick while
    * they are few): a dataset that becomes hot is seen within that, and
@@ -269,9 +268,8 @@ export class Observer {
     try {
       ids = await readBackingIds(this.run, wanted.map((l) => l.name), timeoutMs);
     } catch {
-      // Unknown for now: judged by their paths, and asked again only after a while. losetup
-      // --list asks the kernel of every device, which stats each backing file: on the file
-      // server, with thousands of images, every tick, it was 10,000 getattr a run.
+      // Unknown for now: judged by their paths, and asked again only after a while: losetup
+      // --list stats every device's backing file, on the file server.
       for (const loop of wanted) this.backingIds.set(loop.name, { key: loop.backingFile, id: undefined, retryAt: now + LOOP_FULL_SCAN_MS });
       return;
     }
