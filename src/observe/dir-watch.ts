@@ -62,6 +62,8 @@ export class DirWatch<T> {
       if (signal?.aborted) throw new AbortedError("cancelled");
       return op();
     });
+    // A caller that stopped waiting (aborted) no longer handles the result: its failure must not go unhandled.
+    result.catch(() => undefined);
     return abortable(result, signal);
   }
 

@@ -54,4 +54,24 @@ describe("DirWatch", () => {
     await Promise.all([first, second]);
     assert.deepEqual(order, ["first", "second"]);
   });
+  test("exclusive(): a caller that aborted before its turn leaves no unhandled rejection when its turn comes (it crashed the daemon)", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const w = new DirWatch<number>("/d");
+      let release = () => {};
+      const first = w.exclusive(() => new Promise<void>((r) => (release = r)));
+      const ac = new AbortController();
+      ac.abort();
+      // Already aborted when it asks: refused at once, and its queued turn fails later, with no one waiting.
+      await assert.rejects(w.exclusive(async () => 1, ac.signal), /cancelled/);
+      release();
+      await first;
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+  });
 });
