@@ -12,6 +12,7 @@ import { FleetKey } from "./fleet-key.js";
 import { Avoidance, PeerCopy, type CopyState } from "./peer-copy.js";
 import { EMPTY_IGNORED, RecordBoard } from "./record-board.js";
 import { RECORD_VERSION, type ImageIdentity, type PeerRecord, type RecordImage } from "./records.js";
+import { formatPeerName } from "./peer-name.js";
 import { PeerServer, type Holding } from "./server.js";
 import { fleetLayout, type FleetLayout } from "./shared-dir.js";
 import { systemClock, type Clock } from "../lib/clock.js";
@@ -106,7 +107,7 @@ export class PeerFill {
   }
 
   private get clock(): Clock {
-    return this.options.clock ?? systemClock;
+    return this.ctx.clock;
   }
 
   private now(): number {
@@ -118,8 +119,7 @@ export class PeerFill {
     if (this.config.peerAdvertise) return this.config.peerAdvertise;
     const { host, port } = parseHostPort(this.config.peerListen ?? ":0", "peer_listen");
     const actual = this.server ? this.serverPort : port;
-    const h = host === "" || host === "0.0.0.0" || host === "::" ? hostname() : host;
-    return h.includes(":") ? `[${h}]:${actual}` : `${h}:${actual}`;
+    return formatPeerName(host === "" || host === "0.0.0.0" || host === "::" ? hostname() : host, actual);
   }
 
   private serverPort = 0;

@@ -21,7 +21,8 @@ import { sign } from "../../src/fleet/auth.js";
 import { signRecord, verifyRecordLines, type PeerRecord } from "../../src/fleet/records.js";
 import { imageUrl } from "../../src/fleet/server.js";
 import type { StatusReport } from "../../src/report/status.js";
-import { CLI, Daemon, FaultFs, makeImage, stackAt, waitUntil, withRoot, backingFileOf, type DaemonOptions, type LogLine, type MountRow, type TestRoot } from "./harness.js";
+import { Daemon, FaultFs, makeImage, waitUntil, withRoot, type DaemonOptions, type LogLine, type TestRoot } from "./harness.js";
+import { bytesServed, cachedOn, get, sameBytes, startNode as startFleetNode, status, statusSoon, statusText, type Node } from "./fleet-nodes.js";
 
 const MB = 1024 * 1024;
 /** Ports of this run: a random block of ten, below fleet.test's (20,000-39,999) and below the ephemeral range. */
@@ -29,16 +30,12 @@ const PORT0 = 10_000 + Math.floor(Math.random() * 900) * 10;
 /** The unprivileged user: nobody. */
 const NOBODY = 65534;
 
-interface Node {
-  i: number;
-  cache: string;
-  mnt: string;
-  run: string;
-  address: string;
-  d: Daemon;
-}
+// ---------------------------------------------------------------- helpers (the nodes are fleet-nodes.ts's, with metrics)
 
-// ---------------------------------------------------------------- helpers (from fleet.test.ts, with what these tests need)
+/** A node as fleet-nodes.ts starts it, with a metrics endpoint of its own. */
+function startNode(root: TestRoot, track: (d: Daemon) => Daemon, i: number, extra: Record<string, string | number> = {}, options: Omit<DaemonOptions, "args" | "config"> = {}): Node {
+  return startFleetNode(root, track, i, PORT0 + i, { metrics_listen: "127.0.0.1:0", ...extra }, options);
+}
 
 /** Let nobody reach the test root's directories (mkdtemp makes it 0700): the user must be able to get at datadir. */
 function openUp(root: TestRoot): void {
@@ -73,47 +70,6 @@ function asNobody(script: string, args: string[] = [], input?: string): string {
   return r.stdout;
 }
 
-function startNode(root: TestRoot, track: (d: Daemon) => Daemon, i: number, extra: Record<string, string | number> = {}, options: Omit<DaemonOptions, "args" | "config"> = {}): Node {
-  const home = path.join(root.root, `node${i}`);
-  const dirs = { cache: path.join(home, "cache"), mnt: path.join(home, "mnt"), run: path.join(home, "run"), state: path.join(home, "state") };
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const address = `127.0.0.1:${PORT0 + i}`;
-  const config = path.join(home, "scratch_manager.conf");
-  writeFileSync(
-    config,
-    Daemon.standardConfig(root, {
-      cachedir: dirs.cache,
-      mountdir: dirs.mnt,
-      state_dir: dirs.state,
-      runtime_dir: dirs.run,
-      peer_listen: address,
-      metrics_listen: "127.0.0.1:0",
-      command_timeout: 5,
-      scan_timeout: 3,
-      interval: 0.5,
-      ...extra,
-    }),
-  );
-  const d = track(new Daemon(root, { ...options, args: ["--config", config, "--verbose"] }));
-  return { i, cache: dirs.cache, mnt: dirs.mnt, run: dirs.run, address, d };
-}
-
-function status(n: Node): StatusReport {
-  const r = spawnSync(process.execPath, [CLI, "status", "--json", "--runtime-dir", n.run], { encoding: "utf8", timeout: 10_000 });
-  assert.equal(r.status, 0, `status --json: ${r.stderr}`);
-  return JSON.parse(r.stdout) as StatusReport;
-}
-
-function statusSoon(n: Node): StatusReport | undefined {
-  return existsSync(path.join(n.run, "status.json")) ? status(n) : undefined;
-}
-
-function statusText(n: Node): string {
-  const r = spawnSync(process.execPath, [CLI, "status", "--runtime-dir", n.run], { encoding: "utf8", timeout: 10_000 });
-  assert.equal(r.status, 0, `status: ${r.stderr}`);
-  return r.stdout;
-}
-
 /** The status file itself, as written by the last tick (no CLI in between: for sampling its age often). */
 function statusFile(n: Node): StatusReport | undefined {
   try {
@@ -123,33 +79,8 @@ function statusFile(n: Node): StatusReport | undefined {
   }
 }
 
-function cachedOn(n: Node, name: string): boolean {
-  const top = stackAt(path.join(n.mnt, name)).at(-1) as MountRow | undefined;
-  const file = top && backingFileOf(top);
-  return file !== undefined && file.startsWith(`${n.cache}/`);
-}
-
-function bytesServed(counts: string): number {
-  return existsSync(counts) ? (JSON.parse(readFileSync(counts, "utf8")) as { bytes_read: number }).bytes_read : 0;
-}
-
-const sameBytes = (a: string, b: string) => readFileSync(a).equals(readFileSync(b));
 const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** One GET to a node's peer port, read to the end. */
-function get(address: string, target: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer }> {
-  const [host, port] = address.split(":") as [string, string];
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host, port: Number(port), path: target, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-  });
-}
 
 /**
  * One GET, for its status: the body read to the end (then the server's slot

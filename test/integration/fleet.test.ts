@@ -8,30 +8,19 @@
  * node's SSD, a stale record, an image replaced, the key changed).
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync, writeSync, closeSync, statSync, utimesSync } from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { test } from "node:test";
 import { sign } from "../../src/fleet/auth.js";
 import { signRecord, verifyRecordLines, type PeerRecord } from "../../src/fleet/records.js";
 import { imageUrl } from "../../src/fleet/server.js";
-import type { StatusReport } from "../../src/report/status.js";
-import { CLI, Daemon, FaultFs, makeImage, stackAt, waitUntil, withRoot, backingFileOf, type MountRow, type TestRoot } from "./harness.js";
+import { FaultFs, makeImage, waitUntil, withRoot, type TestRoot } from "./harness.js";
+import { bytesServed, cachedOn, get, sameBytes, startNode, status, statusSoon, statusText, type Node } from "./fleet-nodes.js";
 
 const MB = 1024 * 1024;
 /** Ports of this run's nodes: a random block, so that two runs on one machine do not meet. */
 const PORT0 = 20_000 + Math.floor(Math.random() * 2000) * 10;
-
-interface Node {
-  i: number;
-  cache: string;
-  mnt: string;
-  run: string;
-  address: string;
-  d: Daemon;
-}
 
 /** The fleet's key, as the administrator makes it: 32 random bytes, mode 600, in datadir/.scratch_manager/. */
 function writeKey(fs: FaultFs, bytes = randomBytes(32), mode = 0o600): Buffer {
@@ -43,75 +32,7 @@ function writeKey(fs: FaultFs, bytes = randomBytes(32), mode = 0o600): Buffer {
   return bytes;
 }
 
-function startNode(root: TestRoot, track: (d: Daemon) => Daemon, i: number, extra: Record<string, string | number> = {}): Node {
-  const home = path.join(root.root, `node${i}`);
-  const dirs = { cache: path.join(home, "cache"), mnt: path.join(home, "mnt"), run: path.join(home, "run"), state: path.join(home, "state") };
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
-  const address = `127.0.0.1:${PORT0 + i}`;
-  // Each node its own config file (Daemon.start writes one per test root).
-  const config = path.join(home, "scratch_manager.conf");
-  writeFileSync(
-    config,
-    Daemon.standardConfig(root, {
-      cachedir: dirs.cache,
-      mountdir: dirs.mnt,
-      state_dir: dirs.state,
-      runtime_dir: dirs.run,
-      peer_listen: address,
-      command_timeout: 5,
-      scan_timeout: 3,
-      interval: 0.5,
-      ...extra,
-    }),
-  );
-  const d = track(new Daemon(root, { args: ["--config", config, "--verbose"] }));
-  return { i, cache: dirs.cache, mnt: dirs.mnt, run: dirs.run, address, d };
-}
-
-function status(n: Node): StatusReport {
-  const r = spawnSync(process.execPath, [CLI, "status", "--json", "--runtime-dir", n.run], { encoding: "utf8", timeout: 10_000 });
-  assert.equal(r.status, 0, `status --json: ${r.stderr}`);
-  return JSON.parse(r.stdout) as StatusReport;
-}
-
-/** The status, or undefined before the node's first tick wrote it (for waitUntil). */
-function statusSoon(n: Node): StatusReport | undefined {
-  return existsSync(path.join(n.run, "status.json")) ? status(n) : undefined;
-}
-
-function statusText(n: Node): string {
-  const r = spawnSync(process.execPath, [CLI, "status", "--runtime-dir", n.run], { encoding: "utf8", timeout: 10_000 });
-  assert.equal(r.status, 0, `status: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** The dataset is served from this node's cache: the top mount at mnt/<name> is a loop device on a file of its cachedir. */
-function cachedOn(n: Node, name: string): boolean {
-  const top = stackAt(path.join(n.mnt, name)).at(-1) as MountRow | undefined;
-  const file = top && backingFileOf(top);
-  return file !== undefined && file.startsWith(`${n.cache}/`);
-}
-
-function bytesServed(counts: string): number {
-  return existsSync(counts) ? (JSON.parse(readFileSync(counts, "utf8")) as { bytes_read: number }).bytes_read : 0;
-}
-
-const sameBytes = (a: string, b: string) => readFileSync(a).equals(readFileSync(b));
 const partials = (n: Node) => readdirSync(n.cache).filter((f) => f.endsWith(".partial"));
-
-/** One GET to a node's peer port, as a peer would (or would not) sign it. */
-function get(address: string, target: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer }> {
-  const [host, port] = address.split(":") as [string, string];
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host, port: Number(port), path: target, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-      res.on("error", reject);
-    });
-    req.on("error", reject);
-  });
-}
 
 /** A file server with a slow link (bytes/s), no page cache in front of it, counting what it serves. */
 async function fileServer(root: TestRoot, rate: number): Promise<{ fs: FaultFs; counts: string }> {
@@ -127,7 +48,7 @@ test("three nodes pin one image at once: it leaves the file server once, the oth
     const image = makeImage(root, path.join(fs.source, "alpha.sqfs"), { "data.bin": 24 * MB, "id.txt": "alpha" });
     const size = statSync(image).size;
     // One transfer at a time per node: the third node must take its copy from the second (a tree, not a star).
-    const nodes = [0, 1, 2].map((i) => startNode(root, track, i, { pin: "alpha", peer_uploads: 1 }));
+    const nodes = [0, 1, 2].map((i) => startNode(root, track, i, PORT0 + i, { pin: "alpha", peer_uploads: 1 }));
     const before = bytesServed(counts);
     await waitUntil("alpha cached on every node", () => nodes.every((n) => cachedOn(n, "alpha")), 60_000, 200);
     const served = bytesServed(counts) - before;
@@ -156,9 +77,9 @@ test("a peer killed (kill -9) in the middle of serving: the node goes on from th
     const { fs } = await fileServer(root, 4 * MB);
     writeKey(fs);
     const image = makeImage(root, path.join(fs.source, "alpha.sqfs"), { "data.bin": 24 * MB });
-    const a = startNode(root, track, 0, { pin: "alpha" });
+    const a = startNode(root, track, 0, PORT0 + 0, { pin: "alpha" });
     await waitUntil("node 0 copying alpha from the file server", () => statusSoon(a)?.datasets.find((d) => d.name === "alpha")?.copy?.from === "server", 30_000, 100);
-    const b = startNode(root, track, 1, { pin: "alpha" });
+    const b = startNode(root, track, 1, PORT0 + 1, { pin: "alpha" });
     const partial = path.join(b.cache, ".scratch_manager.alpha.sqfs.partial");
     await waitUntil("node 1 filling from node 0", () => existsSync(partial) && statSync(partial).size > 2 * MB && statusSoon(b)?.datasets.find((d) => d.name === "alpha")?.copy?.from === a.address, 30_000, 50);
     a.d.child.kill("SIGKILL");
@@ -175,7 +96,7 @@ test("a peer that sends wrong bytes (its SSD copy corrupted): the checksum does 
     const { fs } = await fileServer(root, 32 * MB);
     writeKey(fs);
     const image = makeImage(root, path.join(fs.source, "alpha.sqfs"), { "data.bin": 8 * MB });
-    const a = startNode(root, track, 0, { pin: "alpha" });
+    const a = startNode(root, track, 0, PORT0 + 0, { pin: "alpha" });
     await waitUntil("alpha cached on node 0", () => cachedOn(a, "alpha"), 30_000, 100);
     // Bit rot on node 0's SSD, under its loop mount: the file it serves is no longer the image.
     // Bit rot changes no mtime: the copy still looks like the image's (size, mtime), only its bytes differ.
@@ -185,7 +106,7 @@ test("a peer that sends wrong bytes (its SSD copy corrupted): the checksum does 
     writeSync(fd, Buffer.from("rot"), 0, 3, 4 * MB);
     closeSync(fd);
     utimesSync(copy, was.atime, was.mtime);
-    const b = startNode(root, track, 1, { pin: "alpha" });
+    const b = startNode(root, track, 1, PORT0 + 1, { pin: "alpha" });
     await waitUntil("alpha cached on node 1", () => cachedOn(b, "alpha"), 60_000, 200);
     assert.ok(sameBytes(path.join(b.cache, "alpha.sqfs"), image), "node 1 holds the image, not the corrupted copy");
     const warned = b.d.find((l) => l.level === "warn" && l.msg.startsWith("the copy from peers does not match"));
@@ -217,7 +138,7 @@ test("records that must not be used: a stale one (a node gone), a dead node's, a
     writeFileSync(path.join(peers, "dead.json"), record(dead, Date.now() + 30_000, st.size, st.mtimeMs));
     writeFileSync(path.join(peers, "older.json"), record(older, Date.now() + 30_000, st.size - 4096, st.mtimeMs - 86_400_000));
     writeFileSync(path.join(peers, "garbage.json"), "{not json\n");
-    const b = startNode(root, track, 1, { pin: "alpha" });
+    const b = startNode(root, track, 1, PORT0 + 1, { pin: "alpha" });
     await waitUntil("alpha cached", () => cachedOn(b, "alpha"), 60_000, 200);
     assert.ok(sameBytes(path.join(b.cache, "alpha.sqfs"), image));
     const asked = b.d.logs.filter((l) => typeof l.peer === "string").map((l) => l.peer);
@@ -242,9 +163,9 @@ test("the image replaced on the file server while peers copy it: no node keeps t
     writeKey(fs);
     const image = path.join(fs.source, "alpha.sqfs");
     makeImage(root, image, { "data.bin": 16 * MB, "id.txt": "v1" });
-    const a = startNode(root, track, 0, { pin: "alpha" });
+    const a = startNode(root, track, 0, PORT0 + 0, { pin: "alpha" });
     await waitUntil("node 0 copying alpha", () => statusSoon(a)?.datasets.find((d) => d.name === "alpha")?.state === "copying", 30_000, 100);
-    const b = startNode(root, track, 1, { pin: "alpha" });
+    const b = startNode(root, track, 1, PORT0 + 1, { pin: "alpha" });
     await waitUntil("node 1 copying alpha", () => statusSoon(b)?.datasets.find((d) => d.name === "alpha")?.state === "copying", 30_000, 100);
     const v2 = makeImage(root, path.join(root.work, "alpha-v2.sqfs"), { "data.bin": 8 * MB, "id.txt": "v2" });
     renameSync(v2, image);
@@ -262,7 +183,7 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     const key = writeKey(fs);
     const image = makeImage(root, path.join(fs.source, "alpha.sqfs"), { "data.bin": 2 * MB });
     const st = statSync(image);
-    const a = startNode(root, track, 0, { pin: "alpha" });
+    const a = startNode(root, track, 0, PORT0 + 0, { pin: "alpha" });
     await waitUntil("alpha cached on node 0, its checksum known", () => cachedOn(a, "alpha") && statusSoon(a)?.peers?.enabled === true, 30_000, 100);
     const id = { file: "alpha.sqfs", size: st.size, mtimeMs: st.mtimeMs };
     const target = imageUrl(id);
@@ -281,7 +202,7 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     }
     // The administrator replaces the key: node 1 starts with the new one; node 0 takes it up when a request fails to verify.
     writeKey(fs);
-    const b = startNode(root, track, 1, { pin: "alpha" });
+    const b = startNode(root, track, 1, PORT0 + 1, { pin: "alpha" });
     await waitUntil("alpha cached on node 1", () => cachedOn(b, "alpha"), 60_000, 200);
     assert.ok(sameBytes(path.join(b.cache, "alpha.sqfs"), image));
     await a.d.waitForLog("node 0 read the new key", (l) => l.msg.startsWith("the fleet key changed; the previous one is accepted for 10 more minutes"), 20_000);
@@ -292,7 +213,7 @@ test("the key: requests unsigned, replayed, for what a node does not hold, or re
     writeKey(fs, randomBytes(32), 0o644);
     // The FUSE file server lets the kernel keep attributes for a second (as NFS does for longer): the new mode is seen after that.
     await new Promise((r) => setTimeout(r, 1500));
-    const c = startNode(root, track, 2);
+    const c = startNode(root, track, 2, PORT0 + 2);
     const warned = await c.d.waitForLog("peer fill off", (l) => l.level === "warn" && l.msg.startsWith("peer fill off: the fleet key"), 20_000);
     assert.match(warned.msg, /readable by others \(mode 644\); chmod 600/);
     await new Promise((r) => setTimeout(r, 2000));
