@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
-import { writeFileAtomic } from "../report/atomic-file.js";
+import { writeFileAtomic } from "../lib/atomic-file.js";
 import type { LoopDevice } from "../observe/loops.js";
 import type { Runner } from "../lib/exec.js";
 

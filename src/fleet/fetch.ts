@@ -63,7 +63,6 @@ export async function fetchFromPeer(o: FetchOptions): Promise<FetchOutcome> {
   const abort = new AbortController();
   const cancel = () => abort.abort();
   o.signal?.addEventListener("abort", cancel, { once: true });
-  let offset = o.offset;
   let stall: NodeJS.Timeout | undefined;
   const arm = () => {
     clearTimeout(stall);
@@ -73,7 +72,6 @@ export async function fetchFromPeer(o: FetchOptions): Promise<FetchOutcome> {
   const wantBytes = o.id.size - o.offset;
   const deadlineMs = DEADLINE_BASE_MS + (wantBytes / MIN_RATE_BYTES_S) * 1000;
   const deadline = setTimeout(() => abort.abort(new Error(`${o.node} did not send the image within ${Math.round(deadlineMs / 1000)} s`)), deadlineMs);
-  const rate = { from: clock.monotonic(), bytes: 0 };
   try {
     arm();
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
@@ -88,28 +86,9 @@ export async function fetchFromPeer(o: FetchOptions): Promise<FetchOutcome> {
       res.resume();
       return { kind: "refused", status: res.statusCode ?? 0 };
     }
-    for await (const chunk of res as AsyncIterable<Buffer>) {
-      arm();
-      if (offset + chunk.length > o.id.size) return { kind: "broken", error: `${o.node} sent more than the image's ${o.id.size} bytes` };
-      await o.handle.write(chunk, 0, chunk.length, offset);
-      o.hash.update(chunk);
-      offset += chunk.length;
-      o.onBytes(chunk.length);
-      rate.bytes += chunk.length;
-      const windowMs = clock.monotonic() - rate.from;
-      if (windowMs >= RATE_WINDOW_MS) {
-        if ((rate.bytes * 1000) / windowMs < MIN_RATE_BYTES_S) return { kind: "broken", error: `${o.node} sent ${rate.bytes} bytes in ${Math.round(windowMs / 1000)} s, below the minimum rate` };
-        rate.from = clock.monotonic();
-        rate.bytes = 0;
-      }
-    }
-    if (!res.complete || offset !== o.id.size) return { kind: "broken", error: `${o.node} stopped at byte ${offset} of ${o.id.size}` };
-    const sha = res.trailers[SHA_TRAILER];
-    if (sha === undefined) return { kind: "complete" };
-    if (typeof sha !== "string" || !/^[0-9a-f]{64}$/.test(sha)) return { kind: "forged", error: `${o.node} sent a malformed checksum` };
-    const sig = res.trailers[SHA_SIG_TRAILER];
-    if (!verifyChecksum(o.keys, typeof sig === "string" ? sig : undefined, { id: o.id, sha256: sha, nonce, ...signed })) return { kind: "forged", error: `${o.node} sent a checksum not signed with the fleet key for this request` };
-    return { kind: "complete", sha256: sha };
+    const broken = await receive(o, res, arm, clock);
+    if (broken !== undefined) return { kind: "broken", error: broken };
+    return checkedChecksum(o, res, { nonce, ...signed });
   } catch (err) {
     const reason = abort.signal.reason instanceof Error ? abort.signal.reason.message : err instanceof Error ? err.message : String(err);
     return { kind: "broken", error: `${o.node}: ${reason}` };
@@ -118,4 +97,40 @@ export async function fetchFromPeer(o: FetchOptions): Promise<FetchOutcome> {
     clearTimeout(deadline);
     o.signal?.removeEventListener("abort", cancel);
   }
+}
+
+/**
+ * The body, written at its offsets and hashed in order, within the image's
+ * size and at the minimum rate over every window. @returns what broke, if anything.
+ */
+async function receive(o: FetchOptions, res: http.IncomingMessage, arm: () => void, clock: Clock): Promise<string | undefined> {
+  let offset = o.offset;
+  const rate = { from: clock.monotonic(), bytes: 0 };
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    arm();
+    if (offset + chunk.length > o.id.size) return `${o.node} sent more than the image's ${o.id.size} bytes`;
+    await o.handle.write(chunk, 0, chunk.length, offset);
+    o.hash.update(chunk);
+    offset += chunk.length;
+    o.onBytes(chunk.length);
+    rate.bytes += chunk.length;
+    const windowMs = clock.monotonic() - rate.from;
+    if (windowMs >= RATE_WINDOW_MS) {
+      if ((rate.bytes * 1000) / windowMs < MIN_RATE_BYTES_S) return `${o.node} sent ${rate.bytes} bytes in ${Math.round(windowMs / 1000)} s, below the minimum rate`;
+      rate.from = clock.monotonic();
+      rate.bytes = 0;
+    }
+  }
+  if (!res.complete || offset !== o.id.size) return `${o.node} stopped at byte ${offset} of ${o.id.size}`;
+  return undefined;
+}
+
+/** The checksum trailer: none (an old peer, or a copy not yet verified), or one signed for this very request. */
+function checkedChecksum(o: FetchOptions, res: http.IncomingMessage, request: { nonce: string; by: string; to: string }): FetchOutcome {
+  const sha = res.trailers[SHA_TRAILER];
+  if (sha === undefined) return { kind: "complete" };
+  if (typeof sha !== "string" || !/^[0-9a-f]{64}$/.test(sha)) return { kind: "forged", error: `${o.node} sent a malformed checksum` };
+  const sig = res.trailers[SHA_SIG_TRAILER];
+  if (!verifyChecksum(o.keys, typeof sig === "string" ? sig : undefined, { id: o.id, sha256: sha, ...request })) return { kind: "forged", error: `${o.node} sent a checksum not signed with the fleet key for this request` };
+  return { kind: "complete", sha256: sha };
 }

@@ -13,6 +13,14 @@ export interface TransferInfo {
   tmpPath: string;
 }
 
+/** A copy as the plan and the report see it: queued or running, and where its bytes come from. */
+export interface CopyView extends TransferInfo {
+  state: "queued" | "running";
+  startedAt?: number;
+  /** "server", or a peer's HOST:PORT (fleet/). */
+  from?: string;
+}
+
 /**
  * Steps that change the machine. `key` groups the steps of one mount point or
  * file: when one fails, the later steps with the same key are skipped, and

@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { parseHostPort } from "../config.js";
 import { errorMessage } from "../errors.js";
-import { writeFileAtomic } from "./atomic-file.js";
+import { writeFileAtomic } from "../lib/atomic-file.js";
 import type { DirName, DirReason } from "../plan/availability.js";
 import type { DatasetState, DatasetStatus, StatusReport } from "./status.js";
 import { IGNORED_REASONS } from "../fleet/records.js";

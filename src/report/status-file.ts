@@ -1,7 +1,7 @@
 import { mkdir, chmod, readFile } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
-import { writeFileAtomic } from "./atomic-file.js";
+import { writeFileAtomic } from "../lib/atomic-file.js";
 import { formatAge, formatClock } from "./clock.js";
 import { STATUS_VERSION, type StatusReport } from "./status.js";
 import { systemClock } from "../lib/clock.js";

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { errnoCode } from "../errors.js";
-import { writeFileAtomic } from "../report/atomic-file.js";
+import { writeFileAtomic } from "../lib/atomic-file.js";
 
 /**
  * What the daemon remembers of datadir's file system, in

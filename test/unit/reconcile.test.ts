@@ -1,0 +1,167 @@
+/**
+ * reconcile (plan/reconcile.ts), driven with made-up observations: what a
+ * tick plans and reports is a function of its arguments, and a quiet tick is
+ * the last plan kept while nothing changes. The daemon running it on real
+ * mounts is tested in test/integration/.
+ */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import type { Observation } from "../../src/observe/snapshot.js";
+import type { FileEntry } from "../../src/observe/images.js";
+import type { LoopDevice } from "../../src/observe/loops.js";
+import type { MountEntry } from "../../src/observe/mountinfo.js";
+import type { ScanView } from "../../src/observe/dir-watch.js";
+import type { DataScan } from "../../src/observe/snapshot.js";
+import { Backoff } from "../../src/plan/backoff.js";
+import { reconcile, type Memory, type ReconcileInput } from "../../src/plan/reconcile.js";
+import { Stats } from "../../src/plan/stats.js";
+import { Storage } from "../../src/plan/storage.js";
+import { CACHE, DATA, GiB, MNT, MiB, fileEntry, loopDevice, makeConfig, mountEntry } from "./helpers.js";
+
+const config = makeConfig({ interval: 5, period: 60 });
+const T0 = Date.UTC(2030, 0, 1);
+
+function freshMemory(): Memory {
+  return { storage: new Storage(config, T0), stats: new Stats(config.period * 1000), backoff: new Backoff(), datasetFiles: new Set(), ticks: 0, quietTicks: 0, configGeneration: 0, ownedDirs: new Set() };
+}
+
+interface World {
+  now: number;
+  images: FileEntry[];
+  /** Image files mounted (slow) at mountdir/<name>, with their loop device's read counter. */
+  mounted?: { file: string; read: number }[];
+  /** datadir's scan this tick: a listing (generation) or a failure. */
+  datadir?: { generation: number } | { failed: string };
+}
+
+function observe(w: World): ReconcileInput {
+  const mounts: MountEntry[] = [];
+  const loops = new Map<string, LoopDevice>();
+  const readBytes = new Map<string, number>();
+  (w.mounted ?? []).forEach(({ file, read }, i) => {
+    const loop = loopDevice(`loop${i}`, path.join(DATA, file));
+    loops.set(loop.majorMinor, loop);
+    readBytes.set(loop.name, read);
+    mounts.push(mountEntry(100 + i, 1, path.join(MNT, file.replace(/\..*/, "")), { majorMinor: loop.majorMinor, source: `/dev/${loop.name}` }));
+  });
+  const scan = w.datadir ?? { generation: 1 };
+  const datadir: ScanView<DataScan> =
+    "failed" in scan
+      ? { kind: "failed", code: scan.failed, message: `${scan.failed}: input/output error`, timedOut: false, at: w.now }
+      : {
+          kind: "fresh",
+          at: w.now,
+          result: {
+            listing: { dir: { dev: "0:50", ino: 2, mtimeMs: 0, ctimeMs: 0 }, entries: w.images },
+            probes: new Map(w.images.map((e) => [e.file, { ok: true, kind: "squashfs" } as const])),
+            realPath: DATA,
+            listed: true,
+            generation: scan.generation,
+          },
+        };
+  const observation: Observation = {
+    now: w.now,
+    datadir,
+    cachedir: { kind: "fresh", at: w.now, result: { listing: { dir: { dev: "0:60", ino: 2, mtimeMs: 0, ctimeMs: 0 }, entries: [] }, fs: { totalBytes: 1000 * GiB, freeBytes: 900 * GiB }, generation: 1 } },
+    mounts,
+    loops,
+    readBytes,
+  };
+  return { observation, pins: new Map(), copiesAtScan: new Map(), copies: new Map(), counters: { started: 0, finished: 0, failed: 0, cancelled: 0, bytes: 0 }, pid: 42 };
+}
+
+const alpha = fileEntry(DATA, "alpha.sqfs", { size: 10 * MiB, mtimeMs: T0 - 3600_000, ino: 7 });
+
+/** Runs `worlds` one tick each from a fresh memory. */
+function run(worlds: World[]) {
+  let memory = freshMemory();
+  return worlds.map((w) => {
+    const out = reconcile(observe(w), memory, config, w.now);
+    memory = out.memory;
+    return out;
+  });
+}
+
+test("a new image: its mount point made and its slow mount planned, and the report says slow", () => {
+  const [out] = run([{ now: T0, images: [alpha] }]);
+  assert.ok(out);
+  assert.deepEqual(
+    out.actions.map((a) => a.kind + ":" + ("target" in a ? a.target : "path" in a ? a.path : "")),
+    [`mkdir:${path.join(MNT, "alpha")}`, `mount:${path.join(MNT, "alpha")}`],
+  );
+  const mount = out.actions.find((a) => a.kind === "mount");
+  assert.ok(mount?.kind === "mount" && mount.tier === "slow" && mount.source === alpha.path);
+  assert.deepEqual(out.report.datasets.map((d) => [d.name, d.state]), [["alpha", "slow"]]);
+  assert.equal(out.quiet, false);
+  assert.equal(out.report.tick.count, 1);
+  assert.equal(out.report.pid, 42);
+});
+
+test("nothing read and nothing changed: the next tick is quiet, the last plan's report renewed", () => {
+  const mounted = [{ file: "alpha.sqfs", read: 0 }];
+  const outs = run([
+    { now: T0, images: [alpha], mounted },
+    { now: T0 + 5000, images: [alpha], mounted },
+    { now: T0 + 10_000, images: [alpha], mounted },
+    { now: T0 + 15_000, images: [alpha], mounted },
+  ]);
+  // The first tick is not settled: datadir went from Starting to Available.
+  assert.deepEqual(outs.map((o) => [o.quiet, o.actions.length]), [[false, 0], [false, 0], [true, 0], [true, 0]]);
+  const [, second, , fourth] = outs;
+  assert.ok(second && fourth);
+  assert.equal(fourth.memory.quietTicks, 2);
+  assert.equal(fourth.report.writtenAt, T0 + 15_000);
+  assert.equal(fourth.report.tick.count, 4);
+  assert.deepEqual(fourth.report.datasets, second.report.datasets);
+  assert.equal(fourth.notices, undefined, "a quiet tick has nothing new to tell");
+});
+
+test("a read, a new listing or a failing scan ends the quiet run", () => {
+  const mounted = [{ file: "alpha.sqfs", read: 0 }];
+  const settled: World[] = [
+    { now: T0, images: [alpha], mounted },
+    { now: T0 + 5000, images: [alpha], mounted },
+    { now: T0 + 10_000, images: [alpha], mounted },
+  ];
+  assert.equal(run(settled).at(-1)?.quiet, true);
+  const read = run([...settled, { now: T0 + 15_000, images: [alpha], mounted: [{ file: "alpha.sqfs", read: 50 * MiB }] }]).at(-1);
+  assert.equal(read?.quiet, false);
+  assert.ok((read?.report.datasets[0]?.slowBytesPerSecond ?? 0) > 0, "the read counts");
+  const listed = run([...settled, { now: T0 + 15_000, images: [alpha], mounted, datadir: { generation: 2 } }]).at(-1);
+  assert.equal(listed?.quiet, false);
+  const failing = run([...settled, { now: T0 + 15_000, images: [], mounted, datadir: { failed: "EIO" } }]).at(-1);
+  assert.equal(failing?.quiet, false);
+});
+
+test("datadir failing: nothing is unmounted, its condition is in the report, and it is back once a scan is believed", () => {
+  const mounted = [{ file: "alpha.sqfs", read: 0 }];
+  const outs = run([
+    { now: T0, images: [alpha], mounted },
+    { now: T0 + 5000, images: [], mounted, datadir: { failed: "EIO" } },
+    { now: T0 + 10_000, images: [alpha], mounted, datadir: { generation: 2 } },
+  ]);
+  const [, failing, back] = outs;
+  assert.ok(failing && back);
+  assert.deepEqual(failing.actions, [], "a scan that failed is never an empty datadir");
+  assert.equal(failing.report.storage?.datadir.reason, "IOError");
+  assert.deepEqual(failing.report.datasets.map((d) => d.name), ["alpha"], "the datasets are what was last believed");
+  assert.deepEqual(failing.storage.changed.map((c) => c.after.reason), ["IOError"]);
+  assert.equal(back.report.storage?.datadir.reason, "Available");
+});
+
+test("the same observations give the same actions and reports (no hidden clock or state)", () => {
+  const worlds: World[] = [
+    { now: T0, images: [alpha] },
+    { now: T0 + 5000, images: [alpha], mounted: [{ file: "alpha.sqfs", read: 0 }] },
+    { now: T0 + 10_000, images: [alpha], mounted: [{ file: "alpha.sqfs", read: 200 * MiB }] },
+    { now: T0 + 15_000, images: [alpha], mounted: [{ file: "alpha.sqfs", read: 900 * MiB }] },
+  ];
+  const strip = (o: ReturnType<typeof run>[number]) => ({ actions: o.actions, report: o.report, quiet: o.quiet });
+  const a = run(worlds).map(strip);
+  const b = run(worlds).map(strip);
+  assert.deepEqual(a, b);
+  // Read hard enough, the policy wants it cached: a copy is started.
+  assert.ok(a.at(-1)?.actions.some((x) => x.kind === "start-copy"), JSON.stringify(a.at(-1)?.actions.map((x) => x.kind)));
+  assert.equal(CACHE, config.cachedir);
+});
