@@ -6,6 +6,7 @@ import { runCommand, type RunFlags } from "./commands/run.js";
 import { FLAGGED_KEYS } from "./config.js";
 import { statusCommand } from "./commands/status.js";
 import { UsageError } from "./errors.js";
+import { didYouMean } from "./lib/suggest.js";
 import { isJournalStream } from "./log.js";
 
 /** Set by packaging/bundle.mjs (esbuild --define): the bundle has no package.json beside it. */
@@ -43,13 +44,17 @@ export function buildProgram(): Command {
     // `scratch_manager help status`, which a root with an action of its own would not offer by itself.
     .helpCommand(true)
     .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(str) });
+    // Commander's own errors ("error: unknown option '--bogus' (Did you mean --verbose?)") with the program's prefix, as ours.
+    .configureOutput({ outputError: (str, write) => write(`scratch_manager: ${str.replace(/^error: /, "")}`) });
   daemonOptions(program)
     // Commander would call a stray word "too many arguments"; it is a mistyped command.
     .allowExcessArguments()
     .action(async (flags: RunFlags, command: Command) => {
       const stray = command.args[0];
-      if (stray !== undefined) throw new UsageError(`unknown command ${JSON.stringify(stray)}; see scratch_manager --help`);
+      if (stray !== undefined) {
+        const hint = didYouMean(stray, command.commands.map((c) => c.name()));
+        throw new UsageError(`unknown command ${JSON.stringify(stray)}${hint || "; see scratch_manager --help"}`);
+      }
       await runCommand(flags);
     });
 
@@ -69,7 +74,8 @@ export function buildProgram(): Command {
     .command("pin")
     .description("keep datasets in the cache whatever their use; with no NAME, list the pins")
     .argument("[names...]", "dataset names (as under mountdir)")
-    .option("--for <duration>", "the pin ends by itself after this long (e.g. 4h, 90m)")
+    .option("--for <duration>", "the pin ends by itself after this long: a number and a unit s, m, h or d (e.g. 30m, 4h, 7d)")
+    .option("--force", "pin names the running daemon does not know (an image about to be added to datadir)")
     .option("--owner <id>", "who pins (e.g. a job ID): unpin removes only that owner's pin (default: admin)")
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")

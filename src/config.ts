@@ -5,6 +5,7 @@ import { errnoCode, UsageError } from "./errors.js";
 import { DURATION_FORMS, parseDuration, parseSize, SIZE_FORMS } from "./units.js";
 import { LOG_FORMATS, type LogFormat } from "./log.js";
 import { validName } from "./names.js";
+import { didYouMean } from "./lib/suggest.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/scratch_manager.conf";
 
@@ -109,20 +110,53 @@ function normaliseConfigparser(text: string): string {
     .join("\n");
 }
 
+/** Where each key of a file was set: "FILE:LINE", for the messages about its value. */
+const keyLines = new WeakMap<RawConfig, Map<string, string>>();
+
+/**
+ * Lines that are not "key = value" (nor "key: value", a comment, blank or a
+ * section), which `ini` would take as a key set to true: named, with their line.
+ */
+function checkLines(text: string, source: string): Map<string, string> {
+  const lines = new Map<string, string>();
+  text.split("\n").forEach((line, i) => {
+    const where = `${source}:${i + 1}`;
+    const t = line.trim();
+    if (t === "" || t.startsWith("#") || t.startsWith(";") || t.startsWith("[")) return;
+    const m = /^([^=:]+?)\s*[=:]/.exec(t);
+    if (!m) throw new UsageError(`config: ${where}: ${JSON.stringify(t)} is not "key = value"${t.includes(" ") ? `; write ${JSON.stringify(t.replace(/\s+/, " = "))}` : ""}`);
+    lines.set((m[1] as string).toLowerCase(), where);
+  });
+  return lines;
+}
+
 /** Parse the file format: INI without a section header (the original prepends one). */
 export function parseConfigText(text: string, source: string): RawConfig {
+  const lines = checkLines(text, source);
   const parsed: unknown = ini.parse(normaliseConfigparser(text));
   const raw: RawConfig = {};
   for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    const where = lines.get(key) ?? source;
     if (typeof value === "object" && value !== null) {
-      throw new UsageError(`config: ${source}: section [${key}] is not supported; write the keys without a section header`);
+      throw new UsageError(`config: ${where}: section [${key}] is not supported; write the keys without a section header`);
     }
     if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
-      throw new UsageError(`config: ${source}: unknown key ${JSON.stringify(key)}; known keys are ${CONFIG_KEYS.join(", ")}`);
+      const hint = didYouMean(key, CONFIG_KEYS);
+      throw new UsageError(`config: ${where}: unknown key ${JSON.stringify(key)}${hint || "; see man scratch_manager for the keys"}`);
     }
     raw[key as ConfigKey] = String(value).trim();
   }
+  keyLines.set(raw, lines);
   return raw;
+}
+
+/** A message about a key's value ("config: key = ..."), told where the file set it. */
+function located(err: unknown, fromFile: RawConfig, flags: RawConfig): unknown {
+  if (!(err instanceof UsageError)) return err;
+  const m = /^config: ([a-z_]+) = /.exec(err.message);
+  const key = m?.[1];
+  const where = key === undefined || flags[key as ConfigKey] !== undefined ? undefined : keyLines.get(fromFile)?.get(key);
+  return where === undefined ? err : new UsageError(err.message.replace(/^config: /, `config: ${where}: `), err.exitCode);
 }
 
 export function parseCapacity(value: string): Capacity {
@@ -341,7 +375,11 @@ export async function loadConfig(options: LoadOptions): Promise<Config> {
   for (const [key, value] of Object.entries(options.flags)) {
     if (value !== undefined) raw[key as ConfigKey] = value;
   }
-  return resolveDirectories(validateConfig(raw, options.verbose));
+  try {
+    return await resolveDirectories(validateConfig(raw, options.verbose));
+  } catch (err) {
+    throw located(err, fromFile, options.flags);
+  }
 }
 
 /** One key of the configuration file: the one place it is spelled. */

@@ -170,8 +170,8 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
   const daemon = await Daemon.start(bed, dirs, keys, `scale-${which}-${n}`, {
     cli,
     env: { NOTIFY_SOCKET: "/run/systemd/notify-bench", PATH: `${bin}:${process.env.PATH ?? ""}` },
-    // As the packaged launcher (packaging/scratch_manager) runs the daemon after the change.
-    nodeArgs: which === "after" ? ["--max-semi-space-size=1", "--heap-growing-percent=50", ...(process.env.SM_SCALE_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")] : [],
+    // As the packaged launcher (packaging/scratch_manager) runs the daemon after the change; SM_SCALE_BEFORE_FLAGS=1 runs "before" so too (two builds that both have the launcher).
+    nodeArgs: which === "after" || process.env.SM_SCALE_BEFORE_FLAGS === "1" ? ["--max-semi-space-size=1", "--heap-growing-percent=50", ...(process.env.SM_SCALE_NODE_ARGS ?? "").split(" ").filter((a) => a !== "")] : [],
   });
   const pid = daemon.pid;
   if (pid === undefined) throw new Error("scale: the daemon has no pid");

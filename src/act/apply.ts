@@ -6,7 +6,7 @@ import { errnoCode, errorMessage } from "../errors.js";
 import { majorMinorOf } from "../observe/loops.js";
 import { actionDataset, type Action } from "../plan/diff.js";
 import type { Runner } from "../lib/exec.js";
-import { attachAndMount, lazyUnmount } from "./mounts.js";
+import { attachAndMount, hardenMount, lazyUnmount } from "./mounts.js";
 import type { TransferPool } from "./transfers.js";
 
 export interface ActContext {
@@ -91,6 +91,18 @@ export async function act(actions: readonly Action[], ctx: ActContext): Promise<
   return outcome;
 }
 
+/**
+ * The diff saw this mount on top; check it still is, so that we never touch
+ * a mount someone made since. stat() of a mount point is the root of the
+ * file system on top: its device says whose it is (the root inode of a
+ * mounted file system is in memory: no read of a dead server). Not
+ * /proc/self/mountinfo, whose parse costs O(mounts) per call: O(n^2) for many.
+ */
+async function checkTop(action: { target: string; mountId: number; device: string }): Promise<void> {
+  const top = majorMinorOf((await stat(action.target, { bigint: true })).dev);
+  if (top !== action.device) throw new Error(`mount ${action.mountId} (${action.device}) is no longer the top of ${action.target} (${top}); skipped`);
+}
+
 async function perform(action: Action, ctx: ActContext): Promise<void> {
   const log = ctx.logger;
   switch (action.kind) {
@@ -111,16 +123,14 @@ async function perform(action: Action, ctx: ActContext): Promise<void> {
       await attachAndMount(ctx.run, action.fsType, action.source, action.target, ctx.commandTimeoutMs);
       await ctx.onMounted?.(action.target, action.source);
       return void log.info({ dataset: action.dataset, tier: action.tier, source: action.source, target: action.target }, action.tier === "cache" ? "mounted cached copy" : "mounted image");
-    case "unmount": {
-      // The diff saw this mount on top; check it still is, so we never detach a mount someone made since.
-      // stat() of a mount point is the root of the file system on top: its device says whose it is.
-      // (The root inode of a mounted file system is in memory: no read of a dead server.) Not
-      // /proc/self/mountinfo, whose parse costs O(mounts) per unmount: O(n^2) for many removals.
-      const top = majorMinorOf((await stat(action.target, { bigint: true })).dev);
-      if (top !== action.device) throw new Error(`mount ${action.mountId} (${action.device}) is no longer the top of ${action.target} (${top}); skipped`);
+    case "unmount":
+      await checkTop(action);
       await lazyUnmount(ctx.run, action.target, ctx.commandTimeoutMs);
       return void log.info({ dataset: action.dataset, tier: action.tier, target: action.target, reason: action.reason }, "unmounted");
-    }
+    case "harden":
+      await checkTop(action);
+      await hardenMount(ctx.run, action.target, ctx.commandTimeoutMs);
+      return void log.info({ dataset: action.dataset, tier: action.tier, target: action.target, mountId: action.mountId }, "hardened an adopted mount: nosuid,nodev set in place");
     case "delete-file":
       try {
         await unlink(action.path);

@@ -39,6 +39,15 @@ export async function attachAndMount(run: Runner, fsType: string, source: string
 }
 
 /**
+ * Sets ro,nosuid,nodev on the mount at `target` in place: a bind remount
+ * changes only the mount's own flags, so its ID, its loop device and the
+ * files open on it are kept (a mount made by the original's plain `mount FILE DIR`).
+ */
+export async function hardenMount(run: Runner, target: string, timeoutMs: number): Promise<void> {
+  await run("mount", ["-o", "remount,bind,ro,nosuid,nodev", "--", target], { timeoutMs });
+}
+
+/**
  * Lazy, as the original: readers of open files keep reading the mount they
  * opened, new opens see what lies beneath. Only the top mount at the path is
  * detached, which is why the diff unmounts stacks from the top.

@@ -5,7 +5,11 @@ import { systemClock, type Clock } from "../lib/clock.js";
 import { validName } from "../names.js";
 import { datasetsInComment, readSlurmJob, type SlurmJob } from "../slurm/job.js";
 import { isActive, readPins, updatePins, type Pin } from "../state/pins.js";
-import { DURATION_FORMS, parseDuration } from "../units.js";
+import { parseDuration } from "../units.js";
+import { errnoCode } from "../errors.js";
+import { didYouMean } from "../lib/suggest.js";
+import { formatClock } from "../report/clock.js";
+import { readStatusFile } from "../report/status-file.js";
 
 export interface PinFlags {
   for?: string;
@@ -14,6 +18,8 @@ export interface PinFlags {
   config?: string;
   stateDir?: string;
   slurmJob?: string;
+  /** Pin names the running daemon does not know (an image not yet in datadir). */
+  force?: boolean;
 }
 
 /** What `pin --slurm-job` reads besides the pins file, injected by the tests. */
@@ -38,8 +44,50 @@ function checkNames(names: readonly string[]): void {
   }
 }
 
-function describe(p: Pin): string {
-  return `${p.name}\t${p.owner}\t${p.until === undefined ? "until unpinned" : `until ${new Date(p.until).toISOString()}`}`;
+/** A pin as a line; its end in local time, as `status` shows times. */
+function describe(p: Pin, now: number): string {
+  return `${p.name}\t${p.owner}\t${p.until === undefined ? "until unpinned" : `until ${formatClock(p.until, now)}`}`;
+}
+
+/** --for: a duration with its unit (a bare 4 would silently mean 4 seconds). */
+const PIN_DURATION_FORMS = "a number followed by s, m, h or d, e.g. 30m, 2h or 7d";
+
+function parsePinDuration(text: string): number {
+  const seconds = /[smhd]\s*$/i.test(text) ? parseDuration(text) : undefined;
+  if (seconds === undefined || !(seconds > 0)) throw new UsageError(`pin: --for ${JSON.stringify(text)} is not valid; expected ${PIN_DURATION_FORMS}`);
+  return seconds;
+}
+
+/** Writing the pins needs root (state_dir is root's): one line that says so, not a stack. */
+async function writingPins<T>(stateDir: string, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === "EACCES" || code === "EPERM" || code === "EROFS") throw new UsageError(`cannot change the pins in ${stateDir} (${code}); pins are root's: run it as root (sudo scratch_manager ...)`, 1);
+    throw err;
+  }
+}
+
+/**
+ * Names the running daemon does not know are refused, with the closest one;
+ * --force pins them anyway (an image about to be dropped into datadir).
+ * Without a daemon to ask, the pin is kept and a warning says it was not checked.
+ */
+async function checkKnown(names: readonly string[], flags: PinFlags): Promise<void> {
+  if (flags.force === true) return;
+  let known: string[];
+  try {
+    const report = await readStatusFile(await configuredDir("runtime_dir", undefined, flags.config));
+    known = report.datasets.map((d) => d.name);
+  } catch (err) {
+    process.stderr.write(`scratch_manager: pin: the names were not checked (${errorMessage(err)})\n`);
+    return;
+  }
+  const unknown = names.filter((n) => !known.includes(n));
+  if (unknown.length === 0) return;
+  const what = unknown.map((n) => `${JSON.stringify(n)}${didYouMean(n, known).replace(/^; /, " (").replace(/\?$/, "?)")}`).join(", ");
+  throw new UsageError(`pin: no dataset ${what}; nothing pinned. --force pins a name the daemon does not know yet (an image about to be added)`, 1);
 }
 
 /** `scratch_manager pin [NAME...] [--for 4h] [--owner ID]`: with no name, lists the pins. */
@@ -48,22 +96,22 @@ export async function pinCommand(names: string[], flags: PinFlags): Promise<void
   const stateDir = await stateDirFor(flags);
   if (names.length === 0) {
     const now = systemClock.now();
-    for (const p of (await readPins(stateDir)).filter((p) => isActive(p, now))) process.stdout.write(`${describe(p)}\n`);
+    for (const p of (await readPins(stateDir)).filter((p) => isActive(p, now))) process.stdout.write(`${describe(p, now)}\n`);
     return;
   }
   checkNames(names);
-  let until: number | undefined;
-  if (flags.for !== undefined) {
-    const seconds = parseDuration(flags.for);
-    if (seconds === undefined || !(seconds > 0)) throw new UsageError(`pin: --for ${JSON.stringify(flags.for)} is not valid; expected ${DURATION_FORMS}`);
-    until = systemClock.now() + seconds * 1000;
-  }
+  const seconds = flags.for === undefined ? undefined : parsePinDuration(flags.for);
+  await checkKnown(names, flags);
   const owner = flags.owner ?? DEFAULT_OWNER;
-  const pins = await updatePins(stateDir, systemClock, (pins) => [
-    ...pins.filter((p) => !(names.includes(p.name) && p.owner === owner)),
-    ...names.map((name): Pin => (until === undefined ? { name, owner } : { name, owner, until })),
-  ]);
-  for (const p of pins.filter((p) => names.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p)}\n`);
+  const now = systemClock.now();
+  const until = seconds === undefined ? undefined : now + seconds * 1000;
+  const pins = await writingPins(stateDir, () =>
+    updatePins(stateDir, systemClock, (pins) => [
+      ...pins.filter((p) => !(names.includes(p.name) && p.owner === owner)),
+      ...names.map((name): Pin => (until === undefined ? { name, owner } : { name, owner, until })),
+    ]),
+  );
+  for (const p of pins.filter((p) => names.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p, now)}\n`);
 }
 
 /**
@@ -77,16 +125,22 @@ export async function unpinCommand(names: string[], flags: PinFlags): Promise<vo
   const stateDir = await stateDirFor(flags);
   const owner = flags.owner ?? DEFAULT_OWNER;
   const removed: Pin[] = [];
-  await updatePins(stateDir, systemClock, (pins) =>
-    pins.filter((p) => {
-      const drop = (names.length === 0 || names.includes(p.name)) && (flags.all === true || p.owner === owner);
-      if (drop) removed.push(p);
-      return !drop;
-    }),
+  const kept: Pin[] = [];
+  await writingPins(stateDir, () =>
+    updatePins(stateDir, systemClock, (pins) =>
+      pins.filter((p) => {
+        const drop = (names.length === 0 || names.includes(p.name)) && (flags.all === true || p.owner === owner);
+        (drop ? removed : kept).push(p);
+        return !drop;
+      }),
+    ),
   );
   for (const p of removed) process.stdout.write(`unpinned ${p.name}\t${p.owner}\n`);
-  const missing = names.filter((n) => !removed.some((p) => p.name === n));
-  if (missing.length > 0) process.stderr.write(`scratch_manager: no pin of ${missing.join(", ")} by ${flags.all ? "anyone" : owner}\n`);
+  for (const name of names.filter((n) => !removed.some((p) => p.name === n))) {
+    const others = kept.filter((p) => p.name === name).map((p) => p.owner);
+    const hint = others.length > 0 ? `; it is pinned by ${others.join(", ")}: unpin ${name} --owner ${others[0] ?? ""}, or --all for every owner` : "";
+    process.stderr.write(`scratch_manager: no pin of ${name} by ${flags.all ? "anyone" : owner}${hint}\n`);
+  }
 }
 
 /**
@@ -133,8 +187,8 @@ export async function pinSlurmJob(names: string[], flags: PinFlags, deps: SlurmD
     const owner = flags.owner ?? `slurm-${id}`;
     const until = deps.clock.now() + seconds * 1000;
     const stateDir = await stateDirFor(flags);
-    const pins = await updatePins(stateDir, deps.clock, (pins) => [...pins.filter((p) => !(valid.includes(p.name) && p.owner === owner)), ...valid.map((name): Pin => ({ name, owner, until }))]);
-    for (const p of pins.filter((p) => valid.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p)}\n`);
+    const pins = await writingPins(stateDir, () => updatePins(stateDir, deps.clock, (pins) => [...pins.filter((p) => !(valid.includes(p.name) && p.owner === owner)), ...valid.map((name): Pin => ({ name, owner, until }))]));
+    for (const p of pins.filter((p) => valid.includes(p.name) && p.owner === owner)) process.stdout.write(`pinned ${describe(p, deps.clock.now())}\n`);
   }
   if (invalid.length > 0) {
     throw new UsageError(`pin: job ${id} names ${invalid.map((n) => `${JSON.stringify(n)} (${validName(n) ?? ""})`).join(", ")}: not dataset names; the others are pinned`);

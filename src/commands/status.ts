@@ -94,12 +94,31 @@ export async function statusOutput(flags: StatusFlags, deps: StatusDeps = {}, pa
   const selection = selectStatus(report, patterns, flags.state ?? []);
   if (flags.json === true) {
     const shown = selection ? { ...report, datasets: selection.datasets, refused: selection.refused } : report;
-    return `${JSON.stringify({ ...shown, fs }, null, 2)}\n`;
+    return `${JSON.stringify({ ...shown, fs, timeZone: localZone(report.writtenAt) }, null, 2)}\n`;
   }
   return renderStatus(report, fs, selection);
 }
 
+/** The reader's time zone, which the table's times are in: its name and its offset from UTC at `at` ("+01:00"). */
+export function localZone(at: number): { name: string; utcOffset: string } {
+  const minutes = -new Date(at).getTimezoneOffset();
+  const abs = Math.abs(minutes);
+  const utcOffset = `${minutes < 0 ? "-" : "+"}${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
+  return { name: Intl.DateTimeFormat().resolvedOptions().timeZone, utcOffset };
+}
+
 /** `scratch_manager status [NAME|GLOB...] [--state STATE] [--json] [--runtime-dir DIR] [-c FILE]`: any user may run it. */
 export async function statusCommand(patterns: string[], flags: StatusFlags): Promise<void> {
-  process.stdout.write(await statusOutput(flags, {}, patterns));
+  try {
+    process.stdout.write(await statusOutput(flags, {}, patterns));
+  } catch (err) {
+    // `pdsh -w node[1-500] scratch_manager status --json | jq` needs a JSON object from every node, a failing one too.
+    if (flags.json === true && err instanceof UsageError) process.stdout.write(statusErrorJson(err));
+    throw err;
+  }
+}
+
+/** What `status --json` prints when there is no report to show (exit status 1 all the same). */
+export function statusErrorJson(err: Error): string {
+  return `${JSON.stringify({ error: err.message })}\n`;
 }

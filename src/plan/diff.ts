@@ -30,6 +30,8 @@ export type Action =
   | { kind: "mkdir"; key: string; dataset: string; path: string }
   | { kind: "mount"; key: string; dataset: string; tier: "slow" | "cache"; source: string; target: string; fsType: string }
   | { kind: "unmount"; key: string; dataset: string; tier: Layer["tier"]; target: string; mountId: number; device: string; reason: string }
+  /** An adopted mount without nosuid,nodev (the original's plain `mount FILE DIR`): its flags set in place, the mount and its open files kept. */
+  | { kind: "harden"; key: string; dataset: string; tier: "slow" | "cache"; target: string; mountId: number; device: string }
   | { kind: "rmdir"; key: string; path: string }
   | { kind: "delete-file"; key: string; dataset?: string; path: string; reason: string }
   | { kind: "start-copy"; key: string; dataset: Dataset }
@@ -68,6 +70,15 @@ interface WantedLayer {
 }
 
 const matches = (layer: Layer, want: WantedLayer) => layer.tier === want.tier && !layer.deleted && layer.backingFile === want.source;
+
+/** The mount flags every mount of ours has: no setuid binary nor device node from an image anyone could write. */
+export const HARDENED_FLAGS = ["nosuid", "nodev"] as const;
+
+/** A mount lacking one of HARDENED_FLAGS (mountinfo's per-mount options, "ro,relatime"). */
+export function needsHardening(options: string): boolean {
+  const flags = options.split(",");
+  return HARDENED_FLAGS.some((f) => !flags.includes(f));
+}
 
 /**
  * Observed state + wanted state -> the actions that turn one into the other.
@@ -112,6 +123,12 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
     for (let j = keep; j < wanted.length; j++) {
       const w = wanted[j] as WantedLayer;
       actions.push({ kind: "mount", key, dataset: d.name, tier: w.tier, source: w.source, target: key, fsType: d.kind });
+    }
+    // A stack already right whose top was mounted without our flags (adopted from the original): hardened in place.
+    // Only the top can be reached by its path; one beneath is hardened when it is the top again.
+    const top = stack.at(-1);
+    if (keep === stack.length && keep === wanted.length && top && top.tier !== "foreign" && needsHardening(top.entry.options)) {
+      actions.push({ kind: "harden", key, dataset: d.name, tier: top.tier, target: key, mountId: top.mountId, device: top.entry.majorMinor });
     }
 
     if (d.cache === "stale") actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "stale cached copy" });
@@ -168,6 +185,7 @@ export function actionDataset(a: Action): string | undefined {
       return a.dataset.name;
     case "mount":
     case "unmount":
+    case "harden":
     case "cancel-copy":
     case "delete-file":
     case "mkdir":

@@ -42,10 +42,6 @@ export function columns(rows: readonly (readonly string[])[], right: readonly bo
   );
 }
 
-function truncate(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
-}
-
 function percent(part: number, whole: number): string {
   if (whole <= 0) return "";
   const p = (100 * part) / whole;
@@ -120,7 +116,9 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
   for (const d of datasets) {
     rows.push([d.name, formatBytes(d.sizeBytes), stateText(d, report.writtenAt), formatRate(d.slowBytesPerSecond), formatRate(d.cacheBytesPerSecond), formatBytes(d.cacheBytesRead)]);
   }
-  for (const r of refused) rows.push([path.basename(r.file), "-", truncate(`refused: ${r.reason}`, MAX_STATE), "-", "-", "-"]);
+  // A reason too long for the column is given once, below the table, not cut here and repeated there.
+  const long = refused.filter((r) => `refused: ${r.reason}`.length > MAX_STATE);
+  for (const r of refused) rows.push([path.basename(r.file), "-", long.includes(r) ? "refused (see below)" : `refused: ${r.reason}`, "-", "-", "-"]);
 
   // The summary first: with thousands of rows, the table would push it out of sight.
   const lines = storageLines(report);
@@ -152,9 +150,9 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
     lines.push("", "notes:");
     for (const d of notes) lines.push(`  ${d.name}: ${d.note ?? ""}`);
   }
-  if (refused.some((r) => `refused: ${r.reason}`.length > MAX_STATE)) {
+  if (long.length > 0) {
     lines.push("", "refused:");
-    for (const r of refused) lines.push(`  ${r.file}: ${r.reason}`);
+    for (const r of long) lines.push(`  ${path.basename(r.file)}: ${r.reason}`);
   }
   if (report.problems.length > 0) {
     lines.push("", "problems:");

@@ -465,7 +465,9 @@ echo "== logs as journald expects them: a priority per line, key=value fields"
 not_json() { ! journal | grep -E '^(<[0-9]>|\{"level")' >/dev/null; }
 check "the daemon's lines reach the journal as \"message key=value\", neither JSON nor a visible <N>" not_json
 warnings() { ns journalctl -q --no-pager -o cat -u scratch_manager -p warning; }
-check "scratch_manager pin nosuch (a dataset that does not exist: a warning)" quiet ns /usr/bin/scratch_manager pin nosuch --owner packaging-test
+refused_unknown() { local out; out=$(ns /usr/bin/scratch_manager pin nosuch --owner packaging-test 2>&1); [[ $? -eq 1 && $out == *'no dataset "nosuch"'*'--force'* ]]; }
+check "scratch_manager pin nosuch: refused, the running daemon knows no such dataset (exit 1, --force named)" refused_unknown
+check "scratch_manager pin nosuch --force (a dataset that does not exist: a warning)" quiet ns /usr/bin/scratch_manager pin nosuch --force --owner packaging-test
 warned() { warnings | grep -F 'pinned dataset "nosuch" does not exist' >/dev/null; }
 check "journalctl -p warning -u scratch_manager finds the warning" wait_for 10 warned
 no_info_in_warnings() { ! warnings | grep -E '^mounted image( |$)' >/dev/null; }

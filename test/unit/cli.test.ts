@@ -1,7 +1,7 @@
 /** The command line as the original's users know it: its flags in --help, `scratch_manager -c FILE -v`. */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { closeSync, fstatSync, openSync, readFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { test } from "node:test";
@@ -33,7 +33,7 @@ test("scratch_manager -c FILE -v and scratch_manager run -c FILE -v both reach t
   for (const args of [["-c", conf, "-v"], ["--config", conf, "--verbose"], ["run", "-c", conf, "-v"]]) {
     const r = cli(args);
     assert.equal(r.status, 2, `${args.join(" ")}: ${r.stderr}`);
-    assert.match(r.stderr, /^scratch_manager: config: capacity = "12XB" is not valid; expected /, args.join(" "));
+    assert.ok(r.stderr.startsWith(`scratch_manager: config: ${conf}:4: capacity = "12XB" is not valid; expected `), `${args.join(" ")}: ${r.stderr}`);
   }
   // A flag overrides the file, at the top level as under run.
   const r = cli(["-c", conf, "--capacity", "1XB"]);
@@ -44,7 +44,8 @@ test("scratch_manager -c FILE -v and scratch_manager run -c FILE -v both reach t
 test("a mistyped command is one line and exit status 2; help COMMAND works", () => {
   const r = cli(["stauts"]);
   assert.equal(r.status, 2);
-  assert.equal(r.stderr, 'scratch_manager: unknown command "stauts"; see scratch_manager --help\n');
+  assert.equal(r.stderr, 'scratch_manager: unknown command "stauts"; did you mean status?\n');
+  assert.equal(cli(["frobnicate"]).stderr, 'scratch_manager: unknown command "frobnicate"; see scratch_manager --help\n');
   const help = cli(["help", "status"]);
   assert.equal(help.status, 0);
   assert.match(help.stdout, /^Usage: scratch_manager status /);
@@ -70,4 +71,113 @@ test("under systemd, an error that stops the program has priority err (<3>), so 
   }
   // Not the journal's stream: no prefix.
   assert.match(cli(["-c", "/nonexistent.conf"]).stderr, /^scratch_manager: config: /);
+});
+
+/** Runs the CLI with a configuration file of `text` in a fresh directory. */
+async function withConf(text: (dir: string) => string, body: (conf: string, dir: string) => void): Promise<void> {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const conf = path.join(dir, "scratch_manager.conf");
+    await writeFile(conf, text(dir));
+    body(conf, dir);
+  } finally {
+    await cleanup();
+  }
+}
+
+test("a configuration line that is not key = value is named with its file and line, and what to write", async () => {
+  await withConf(
+    (dir) => `; a comment\ndatadir ${dir}\n`,
+    (conf, dir) => {
+      const r = cli(["-c", conf]);
+      assert.equal(r.status, 2);
+      assert.equal(r.stderr, `scratch_manager: config: ${conf}:2: "datadir ${dir}" is not "key = value"; write "datadir = ${dir}"\n`);
+    },
+  );
+});
+
+test("a misspelled key: its line, and the key it most likely meant", async () => {
+  await withConf(
+    (dir) => `datadir = ${dir}\ncachdir = ${dir}\n`,
+    (conf) => {
+      const r = cli(["-c", conf]);
+      assert.equal(r.status, 2);
+      assert.equal(r.stderr, `scratch_manager: config: ${conf}:2: unknown key "cachdir"; did you mean cachedir?\n`);
+      assert.ok(!r.stderr.includes("peer_dir_owner"), "not the list of every key");
+    },
+  );
+});
+
+test("an unknown option: commander's message with the program's prefix, and its suggestion", () => {
+  const r = cli(["--verbsoe"]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^scratch_manager: unknown option '--verbsoe'\n\(Did you mean --verbose\?\)\n$/);
+  const sub = cli(["status", "--jsno"]);
+  assert.match(sub.stderr, /^scratch_manager: unknown option '--jsno'/);
+});
+
+test("status --json with no daemon: a JSON object naming the error on stdout (for pdsh ... | jq), exit status 1", async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const r = cli(["status", "--json", "--runtime-dir", dir]);
+    assert.equal(r.status, 1);
+    const parsed = JSON.parse(r.stdout) as { error?: string };
+    assert.match(parsed.error ?? "", /^the daemon is not running \(no status file /);
+    assert.match(r.stderr, /^scratch_manager: the daemon is not running/);
+  } finally {
+    await cleanup();
+  }
+});
+
+test("pin --for needs a unit: a bare number is refused, not taken as seconds", async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const r = cli(["pin", "coco", "--for", "4", "--force", "--state-dir", dir]);
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'scratch_manager: pin: --for "4" is not valid; expected a number followed by s, m, h or d, e.g. 30m, 2h or 7d\n');
+    assert.equal(cli(["pin", "coco", "--for", "4h", "--force", "--state-dir", dir]).status, 0);
+  } finally {
+    await cleanup();
+  }
+});
+
+test("pin of a dataset the running daemon does not know: refused with the closest name, nothing pinned; --force pins it", async () => {
+  await withConf(
+    (dir) => `runtime_dir = ${dir}\nstate_dir = ${dir}\n`,
+    (conf, dir) => {
+      const report = { version: 1, pid: process.pid, writtenAt: Date.now(), intervalSeconds: 5, periodSeconds: 1200, cacheBytesServed: 0, datasets: [{ name: "coco" }, { name: "imagenet" }], refused: [], problems: [], cache: {}, copies: {}, tick: {} };
+      writeFileSync(path.join(dir, "status.json"), JSON.stringify(report));
+      const r = cli(["pin", "cocoo", "-c", conf]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, /^scratch_manager: pin: no dataset "cocoo" \(did you mean coco\?\); nothing pinned\. --force /);
+      assert.equal(cli(["pin", "-c", conf]).stdout, "", "nothing pinned");
+      assert.equal(cli(["pin", "coco", "-c", conf]).status, 0);
+      assert.equal(cli(["pin", "cocoo", "--force", "-c", conf]).status, 0);
+      assert.deepEqual(cli(["pin", "-c", conf]).stdout.split("\n").filter(Boolean).map((l) => l.split("\t")[0]).sort(), ["coco", "cocoo"]);
+    },
+  );
+});
+
+test("unpin of a pin held by another owner says who holds it and how to remove it", async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    assert.equal(cli(["pin", "coco", "--owner", "slurm-4711", "--force", "--state-dir", dir]).status, 0);
+    const r = cli(["unpin", "coco", "--state-dir", dir]);
+    assert.equal(r.stderr, "scratch_manager: no pin of coco by admin; it is pinned by slurm-4711: unpin coco --owner slurm-4711, or --all for every owner\n");
+  } finally {
+    await cleanup();
+  }
+});
+
+test("pin as a user who may not write the pins: one line that says to run it as root, no stack", { skip: process.getuid?.() !== 0 ? "needs root, to become another user" : false }, async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const r = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, CLI, "pin", "coco", "--force", "--state-dir", dir], { encoding: "utf8", timeout: 10_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^scratch_manager: cannot change the pins in .* \(EACCES\); pins are root's: run it as root/);
+    assert.equal(r.stderr.split("\n").filter(Boolean).length, 1, r.stderr);
+    assert.ok(!r.stderr.includes("node:internal"), r.stderr);
+  } finally {
+    await cleanup();
+  }
 });

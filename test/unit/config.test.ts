@@ -29,8 +29,8 @@ describe("parseConfigText: the original's file format, INI without a section hea
   ];
   for (const c of cases) test(c.title, () => assert.deepEqual(parseConfigText(c.text, SOURCE), c.raw));
 
-  test("an unknown key is a usage error naming the key, the file and the known keys", () => {
-    assertUsageError(() => parseConfigText("datadir = /a\ncapcity = 10GB\n", SOURCE), '"capcity"', SOURCE, "capacity");
+  test("an unknown key is a usage error naming the key, its file and line, and the key it most likely meant", () => {
+    assertUsageError(() => parseConfigText("datadir = /a\ncapcity = 10GB\n", SOURCE), '"capcity"', `${SOURCE}:2:`, "did you mean capacity?");
   });
 
   test("a section header is a usage error naming the section", () => {

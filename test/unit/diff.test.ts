@@ -45,6 +45,8 @@ function describeAction(a: Action): string {
       return `start-copy ${a.dataset.name}`;
     case "cancel-copy":
       return `cancel-copy ${a.dataset} (${a.reason})`;
+    case "harden":
+      return `harden ${a.tier} #${a.mountId} on ${a.target}`;
   }
 }
 
@@ -516,5 +518,27 @@ describe("diff: empty mount points the daemon made", () => {
   });
   test("a directory the daemon did not make is never removed", () => {
     assert.deepEqual(run([], []), []);
+  });
+});
+
+describe("diff: mounts adopted from the original, made with a plain `mount FILE DIR` (no nosuid,nodev)", () => {
+  /** A layer as the original leaves it: mountinfo's options "ro,relatime". */
+  const plain = (l: Layer): Layer => ({ ...l, entry: { ...l.entry, options: "ro,relatime" } });
+  const run = (stack: Layer[], cached: string[] = [], cache: Dataset["cache"] = "valid") =>
+    diff({ config, catalog: catalogOf([dataset("coco", { cache })]), stacks: new Map([[M("coco"), stack]]), cacheFiles: [], cached: new Set(cached), transfers: new Map(), frozen: new Set() }).actions.map(describeAction);
+  test("a right stack whose top lacks them: hardened in place, nothing else", () => {
+    assert.deepEqual(run([plain(slowLayer(10, "coco.sqfs"))], [], "none"), [`harden slow #10 on ${M("coco")}`]);
+    assert.deepEqual(run([plain(slowLayer(10, "coco.sqfs")), plain(cacheLayer(11, "coco.sqfs"))], ["coco"]), [`harden cache #11 on ${M("coco")}`], "only the top can be reached by its path");
+  });
+  test("one of ours, with the flags: nothing to do", () => {
+    assert.deepEqual(run([slowLayer(10, "coco.sqfs"), cacheLayer(11, "coco.sqfs")], ["coco"]), []);
+  });
+  test("a stack that changes this tick is not hardened now (the next tick finds its new top)", () => {
+    assert.deepEqual(run([plain(slowLayer(10, "coco.sqfs")), plain(cacheLayer(11, "coco.sqfs"))]), [`unmount cache #11 from ${M("coco")} (dropped from cache)`, `delete ${C("coco.sqfs")} (dropped from cache)`]);
+    assert.deepEqual(run([plain(slowLayer(10, "coco.sqfs"))], ["coco"]), [`mount cache ${C("coco.sqfs")} on ${M("coco")} (squashfs)`]);
+  });
+  test("a foreign mount is never hardened", () => {
+    const foreign = { ...foreignLayer(12), entry: { ...foreignLayer(12).entry, options: "rw" } };
+    assert.ok(!run([slowLayer(10, "coco.sqfs"), foreign], [], "none").some((a) => a.startsWith("harden")));
   });
 });

@@ -135,7 +135,7 @@ describe("renderStatus: the table of `scratch_manager status`", () => {
     { name: "places", mentions: ["slow, pinned until 14:05"] },
     { name: "laion", mentions: ["300 GiB", "queued", "12.0 MiB/s"] },
     { name: "half.sqfs", mentions: ["refused: truncated"] },
-    { name: "notes.sqfs", mentions: ["refused: not a squashfs or EROFS"] },
+    { name: "notes.sqfs", mentions: ["refused (see below)"] },
   ];
   for (const r of rows) {
     test(`row ${r.name} shows ${r.mentions.join(" | ")}`, () => {
@@ -149,11 +149,12 @@ describe("renderStatus: the table of `scratch_manager status`", () => {
     assert.ok(rowOf(renderStatus(report), "places").includes("pinned until 2025-05-13 09:00"));
   });
 
-  test("a long refusal reason is cut in the table and given whole below it", () => {
+  test("each refused image once: a reason that fits in its row, a long one only below the table", () => {
     const row = rowOf(text, "notes.sqfs");
-    assert.ok(row.includes("refused: not a squashfs or EROFS image …"), row);
-    assert.ok(!row.includes("offset 0 or 1024"));
-    assert.ok(text.includes("  /srv/data/notes.sqfs: not a squashfs or EROFS image (no superblock magic at offset 0 or 1024)"));
+    assert.ok(!row.includes("offset 0 or 1024"), row);
+    assert.equal(text.split("not a squashfs or EROFS image").length - 1, 1, text);
+    assert.ok(text.includes("\nrefused:\n  notes.sqfs: not a squashfs or EROFS image (no superblock magic at offset 0 or 1024)"), text);
+    assert.equal(text.split("truncated").length - 1, 1, "half.sqfs's short reason is in its row only");
   });
 
   test("no line is wider than 100 columns", () => {
@@ -310,10 +311,15 @@ describe("status command", () => {
     const measured: string[] = [];
     const measure = (d: string) => (measured.push(d), Promise.resolve({ totalBytes: 4 * TiB, freeBytes: 3 * TiB }));
     const out = await statusOutput({ json: true, runtimeDir: runtime }, { measure, now: T0 + 2000 });
-    const parsed = JSON.parse(out) as StatusReport & { fs: unknown };
+    const parsed = JSON.parse(out) as StatusReport & { fs: unknown; timeZone: { name: string; utcOffset: string } };
     assert.deepEqual(parsed.fs, { totalBytes: 4 * TiB, freeBytes: 3 * TiB });
     assert.deepEqual(measured, [makeReport().cache.dir], "only the cache directory's file system is measured");
-    assert.deepEqual({ ...parsed, fs: undefined }, { ...makeReport(), fs: undefined });
+    assert.deepEqual({ ...parsed, fs: undefined, timeZone: undefined }, { ...makeReport(), fs: undefined, timeZone: undefined });
+    // The table's times are local: the JSON says which zone, and its offset then (UTC+13:45 in summer in TZ=Pacific/Chatham).
+    assert.equal(parsed.timeZone.name, Intl.DateTimeFormat().resolvedOptions().timeZone);
+    const minutes = 0 - new Date(T0).getTimezoneOffset();
+    const [sign, hh, mm] = /^([+-])(\d\d):(\d\d)$/.exec(parsed.timeZone.utcOffset)?.slice(1) ?? [];
+    assert.equal((sign === "-" ? -1 : 1) * (Number(hh) * 60 + Number(mm)), minutes, parsed.timeZone.utcOffset);
   });
 
   test("the table; when the cache file system cannot be measured (a hung disk), the daemon's own figure", async () => {
