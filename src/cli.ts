@@ -2,6 +2,7 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { pinCommand, unpinCommand } from "./commands/pin.js";
+import { checkCommand } from "./commands/check.js";
 import { runCommand, type RunFlags } from "./commands/run.js";
 import { FLAGGED_KEYS } from "./config.js";
 import { statusCommand } from "./commands/status.js";
@@ -69,6 +70,13 @@ export function buildProgram(): Command {
     .option("-c, --config <file>", "configuration file, for runtime_dir")
     .option("--runtime-dir <dir>", "where the daemon writes status.json (default: runtime_dir of the config)")
     .action(statusCommand);
+
+  program
+    .command("check")
+    .description("check the configuration and this machine without starting: directories, capacity, programs, the fleet key (exit status 1 on an error)")
+    .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf)")
+    .option("-q, --quiet", "print only warnings and errors")
+    .action(checkCommand);
 
   program
     .command("pin")

@@ -450,6 +450,15 @@ if grep -q "configuration reloaded" "$bundle"; then
   check "journalctl -u scratch_manager shows \"configuration reloaded\"" wait_for 10 logged_reload
 fi
 check "the unit is still active after the reload" active
+if ns /usr/bin/scratch_manager check --help >/dev/null 2>&1; then
+  cp "$conf" "$root/conf.good"
+  echo "colour = blue" >>"$conf"
+  bad_reload() { ! sctl reload scratch_manager 2>/dev/null; }
+  check "systemctl reload of a file with an unknown key fails: ExecReload runs scratch_manager check first" bad_reload
+  cp "$root/conf.good" "$conf"
+  check "the unit is still active after the refused reload" active
+  check "scratch_manager check on the restored file: exit 0" quiet ns /usr/bin/scratch_manager check --config "$conf"
+fi
 if ns /usr/bin/scratch_manager status --help >/dev/null 2>&1; then
   status_lists_ds() { ns /usr/bin/scratch_manager status 2>/dev/null | grep -w ds >/dev/null; }
   check "scratch_manager status lists ds (the status file in /run/scratch_manager)" wait_for 10 status_lists_ds

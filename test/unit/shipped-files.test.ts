@@ -41,6 +41,9 @@ describe("scratch_manager.service", () => {
     assert.deepEqual(line("NotifyAccess"), ["NotifyAccess=all"]);
     assert.equal(line("WatchdogSec").length, 1);
   });
+  test("reload checks the file first (a bad one fails `systemctl reload`), then sends SIGHUP", () => {
+    assert.deepEqual(line("ExecReload"), ["ExecReload=/usr/bin/scratch_manager check --quiet --config /etc/scratch_manager.conf", "ExecReload=kill -HUP $MAINPID"]);
+  });
   test("SIGTERM goes to the daemon alone, which cancels its own copies", () => {
     assert.deepEqual(line("KillMode"), ["KillMode=mixed"]);
   });
