@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { pinCommand, unpinCommand } from "./commands/pin.js";
 import { checkCommand } from "./commands/check.js";
+import { evictCommand, releaseCommand } from "./commands/evict.js";
 import { runCommand, type RunFlags } from "./commands/run.js";
 import { FLAGGED_KEYS } from "./config.js";
 import { statusCommand } from "./commands/status.js";
@@ -99,6 +100,22 @@ export function buildProgram(): Command {
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
     .action(unpinCommand);
+  program
+    .command("evict")
+    .description("drop the cached copies of these datasets now (root); they come back only once read again")
+    .argument("<names...>", "dataset names (as under mountdir)")
+    .option("--force", "evict pinned datasets too, removing their pins")
+    .option("-c, --config <file>", "configuration file, for runtime_dir and state_dir")
+    .option("--runtime-dir <dir>", "where the daemon runs (default: runtime_dir of the config)")
+    .action(evictCommand);
+
+  program
+    .command("release")
+    .description("drop the whole cache and stop the daemon (root); with --all, unmount every dataset too: for a rollback or an uninstall")
+    .option("--all", "unmount every mount of ours too, not only the cache's")
+    .option("-c, --config <file>", "configuration file, for runtime_dir and mountdir")
+    .option("--runtime-dir <dir>", "where the daemon runs (default: runtime_dir of the config)")
+    .action(releaseCommand);
   return program;
 }
 

@@ -22,7 +22,9 @@ import { LogOnce } from "./report/log-once.js";
 import { Publisher } from "./report/publish.js";
 import type { StatusReport } from "./report/status.js";
 import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devices.js";
-import { activePins, readPins, type Pin } from "./state/pins.js";
+import { activePins, readPins, updatePins, type Pin } from "./state/pins.js";
+import { takeRequests, writeReply, type Reply } from "./state/requests.js";
+import { didYouMean } from "./lib/suggest.js";
 import { occupiedBytes } from "./plan/policy.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
@@ -60,6 +62,8 @@ export class Daemon {
   private readonly once = new LogOnce();
   private readonly publisher: Publisher;
   private stopping = false;
+  /** The last report published: what `evict` knows of the datasets. */
+  private lastReport?: StatusReport;
   private stopped?: Promise<void>;
   private wakeUp?: () => void;
 
@@ -80,6 +84,7 @@ export class Daemon {
       quietTicks: 0,
       configGeneration: 0,
       ownedDirs: new Set(),
+      evicting: new Set(),
     };
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.peers = new PeerFill(this.config, {
@@ -145,6 +150,7 @@ export class Daemon {
   async tick(): Promise<StatusReport> {
     const started = this.clock.monotonic();
     const config = this.config;
+    await this.serveRequests(config);
     const input = await this.observe(config);
     const out = reconcile(input, this.memory, config, input.observation.now);
     this.memory = out.memory;
@@ -157,7 +163,78 @@ export class Daemon {
       report = afterActing(report, { copies, counters: this.transfers.counters, usedBytes: occupiedBytes(out.snapshot, copies), unmountedSlow, backoff: this.memory.backoff });
     }
     await this.publish(report, out, started);
+    this.lastReport = report;
+    if (out.released) {
+      this.logger.info({ all: this.memory.releasing?.all === true }, this.memory.releasing?.all ? "released: every mount of ours removed and the cache emptied; stopping" : "released: the cache emptied; stopping");
+      this.stopping = true;
+    }
     return report;
+  }
+
+  /** `scratch_manager evict` and `release` (state/requests.ts): answered at once, done by the next ticks. */
+  private async serveRequests(config: Config): Promise<void> {
+    let taken: Awaited<ReturnType<typeof takeRequests>>;
+    try {
+      taken = await takeRequests(config.runtimeDir);
+    } catch (err) {
+      this.logger.error({ err: errorMessage(err) }, "cannot read the requests");
+      return;
+    }
+    for (const bad of taken.bad) this.logger.warn({ request: bad }, "ignored a request that is not one");
+    for (const request of taken.requests) {
+      const reply = request.kind === "evict" ? await this.evict(request.names, request.force, config) : this.release(request.all);
+      this.logger.info({ request: request.kind, ok: reply.ok }, reply.lines.join("; "));
+      await writeReply(config.runtimeDir, request.id, reply).catch((err: unknown) => this.logger.error({ err: errorMessage(err) }, "cannot write a request's reply"));
+    }
+  }
+
+  /**
+   * Drop cached copies now: each named dataset leaves the cache (its cache
+   * mount lazily unmounted, its copy deleted) and its reads are forgotten,
+   * so it comes back only once read again. A pinned one needs --force,
+   * which removes its pins (every owner's; not those of the configuration file).
+   */
+  private async evict(names: readonly string[], force: boolean, config: Config): Promise<Reply> {
+    const datasets = new Map((this.lastReport?.datasets ?? []).map((d) => [d.name, d]));
+    const lines: string[] = [];
+    let ok = true;
+    const evicting = new Set(this.memory.evicting);
+    for (const name of names) {
+      const d = datasets.get(name);
+      if (!d) {
+        ok = false;
+        lines.push(`no dataset ${JSON.stringify(name)}${didYouMean(name, [...datasets.keys()])}`);
+        continue;
+      }
+      if (d.pinned && config.pins.includes(name)) {
+        ok = false;
+        lines.push(`${name}: pinned by the configuration file (pin = ...); remove it there and reload first`);
+        continue;
+      }
+      if (d.pinned && !force) {
+        ok = false;
+        lines.push(`${name}: pinned; --force removes its pins and evicts it`);
+        continue;
+      }
+      if (d.pinned) await updatePins(config.stateDir, this.clock, (pins) => pins.filter((p) => p.name !== name));
+      this.memory.stats.forget(name);
+      if (d.state === "slow") {
+        lines.push(`${name}: not cached${d.pinned ? "; its pins are removed" : ""}`);
+        continue;
+      }
+      evicting.add(name);
+      lines.push(`${name}: evicting (${d.state}); files open on the cached copy read on until closed`);
+    }
+    this.memory = { ...this.memory, evicting };
+    this.wake();
+    return { ok, lines };
+  }
+
+  /** Drop the cache (all: and unmount every mount of ours), then stop: for a rollback or an uninstall. */
+  private release(all: boolean): Reply {
+    this.memory = { ...this.memory, releasing: { all: all || this.memory.releasing?.all === true } };
+    this.wake();
+    return { ok: true, lines: [all ? "releasing every mount of ours and the cache, then stopping" : "releasing the cache, then stopping; the datasets stay mounted from the file server"] };
   }
 
   /** The machine and this tick's scans, the pins, and the copy pool as it was before cachedir was scanned. */

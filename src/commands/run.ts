@@ -83,6 +83,8 @@ export async function runCommand(flags: RunFlags): Promise<void> {
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGHUP", () => void reload());
   process.on("SIGUSR1", () => daemon.logCacheBytes());
+  // SIGUSR2: `scratch_manager evict` or `release` left a request (state/requests.ts).
+  process.on("SIGUSR2", () => daemon.wake());
 
   await daemon.init();
   const loop = daemon.runLoop();

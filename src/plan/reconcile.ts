@@ -79,6 +79,10 @@ export interface Memory {
   configGeneration: number;
   /** Mount points this process made, so that one left empty can be removed (DiffInput.ownedDirs). */
   ownedDirs: ReadonlySet<string>;
+  /** Datasets whose cached copy `scratch_manager evict` asked to drop: kept out of the cache until dropped. */
+  evicting: ReadonlySet<string>;
+  /** `scratch_manager release`: drop the cache (all: and every mount of ours), then stop. */
+  releasing?: { all: boolean };
 }
 
 export interface Reconciled {
@@ -96,6 +100,8 @@ export interface Reconciled {
   notices?: { refusals: Refusal[]; problems: Problem[]; pinProblems: string[] };
   /** The figures of the tick's debug line. */
   space?: { budgetBytes: number; ghostBytes: number; usedBytes: number };
+  /** A release asked for is done: nothing of the cache (all: nothing of ours) is left; the daemon stops. */
+  released?: boolean;
 }
 
 /** A tick's view after believing, before planning. */
@@ -152,7 +158,7 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
     snapshot,
     holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
     stacks: () => (stacks ??= layerStacks(snapshot, config)),
-    key: () => (key ??= quietKey(memory.configGeneration, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now)),
+    key: () => (key ??= memory.evicting.size > 0 || memory.releasing ? `busy-${now}` : quietKey(memory.configGeneration, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now)),
   };
 }
 
@@ -185,7 +191,13 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     space: { capacity: space.capacity, budget: space.bytes, ghosts: space.ghosts, occupied, writable: writableBytes(snapshot, copies) - space.keepFree },
   });
   const frozen = backoff.frozen(now);
-  const wanted = diff({ config, catalog, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...copies]), frozen, admitted, ownedDirs: memory.ownedDirs });
+  // An eviction or a release asked for by the administrator overrides the policy and the pins.
+  for (const name of memory.releasing ? [...cached] : memory.evicting) {
+    cached.delete(name);
+    admitted.delete(name);
+  }
+  const target = memory.releasing?.all ? { ...catalog, datasets: new Map(), pending: new Set<string>(), pendingFiles: new Set<string>() } : catalog;
+  const wanted = diff({ config, catalog: target, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...copies]), frozen: memory.releasing ? new Set() : frozen, admitted, ownedDirs: memory.ownedDirs });
   // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
   const actions = applyHolds(wanted.actions, holds);
   // Problems found against a listing that cannot be believed would be guesses: reported once it can.
@@ -211,10 +223,17 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
   // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
   const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && copies.size === 0 && !holds.datadir && !holds.cachedir;
   const quiet = settled ? { key: seen.key(), catalog, report, holdings, until: nextTimedEvent(memory, config, now, [...catalog.datasets.keys()]), bodyKey: `quiet-${memory.ticks}` } : undefined;
+  // An eviction is done once the dataset has no cached copy left, mounted or on disk.
+  const evicting = new Set([...memory.evicting].filter((name) => {
+    const d = catalog.datasets.get(name);
+    return d !== undefined && (d.cache !== "none" || stacks.get(d.mountPoint)?.at(-1)?.tier === "cache");
+  }));
+  const released = memory.releasing !== undefined && actions.length === 0 && wanted.actions.length === 0 && copies.size === 0 && !holds.datadir && !holds.cachedir;
   return {
+    released,
     actions,
     report,
-    memory: { ...memory, quiet },
+    memory: { ...memory, quiet, evicting },
     snapshot,
     storage: seen.view,
     holdings,

@@ -80,6 +80,11 @@ export class Stats {
     this.devices.set(device, { backingFile, bytes });
   }
 
+  /** Forget a dataset's reads (`scratch_manager evict`): it is chosen again only once it is read again. */
+  forget(name: string): void {
+    this.datasets.delete(name);
+  }
+
   /** @param nameOfFile image file name -> dataset name (cached copies share the image's file name). */
   update(snapshot: Snapshot, config: Config, nameOfFile: ReadonlyMap<string, string>, live: Iterable<string>): void {
     const now = snapshot.now;

@@ -6,11 +6,11 @@
  * files open on both tiers; then ours starts on it.
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { closeSync, copyFileSync, chmodSync, mkdirSync, openSync, readSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { Daemon, makeImage, stackAt, waitUntil, withRoot, type TestRoot } from "./harness.js";
+import { CLI, Daemon, makeImage, stackAt, startReader, waitUntil, withRoot, type TestRoot } from "./harness.js";
 
 const MB = 1024 * 1024;
 
@@ -78,5 +78,93 @@ test("a node the original runs, with a job reading: adopted as is (same mount ID
       closeSync(job.coco);
       closeSync(job.imagenet);
     }
+  });
+});
+
+const CONF = (root: TestRoot) => path.join(root.root, "scratch_manager.conf");
+/**
+ * The CLI with the test's configuration file, run without blocking this
+ * process: the daemon logs into a pipe this process reads, and a command
+ * that waits for the daemon must not stop that reading (spawnSync would).
+ */
+function cliIn(root: TestRoot, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args, "-c", CONF(root)], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 180_000);
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+test("evict: a cached dataset's copy is dropped now (open files read on) and stays out until read again; a pinned one needs --force, which unpins it", async () => {
+  await withRoot("evict", async (root, track) => {
+    makeImage(root, path.join(root.data, "coco.sqfs"), { "a.txt": "coco", "data.bin": 2 * MB });
+    makeImage(root, path.join(root.data, "pinned.sqfs"), { "data.bin": 2 * MB });
+    const d = track(Daemon.start(root, { capacity: "64MB" }));
+    const coco = path.join(root.mnt, "coco");
+    const reader = startReader(coco);
+    await waitUntil("coco cached", () => stackAt(coco).length === 2, 30_000);
+    await reader.stop();
+    assert.equal((await cliIn(root, ["pin", "pinned"])).status, 0);
+    await waitUntil("pinned cached", () => stackAt(path.join(root.mnt, "pinned")).length === 2, 30_000);
+    const fd = openSync(path.join(coco, "a.txt"), "r");
+    try {
+      const r = await cliIn(root, ["evict", "coco", "pinned", "nosuch"]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stdout, /^coco: evicting \(cached\)/m);
+      assert.match(r.stdout, /^pinned: pinned; --force removes its pins and evicts it$/m);
+      assert.match(r.stdout, /^no dataset "nosuch"/m);
+      assert.match(r.stdout, /^evicted coco$/m);
+      assert.equal(stackAt(coco).length, 1, "coco's cache mount is gone");
+      assert.deepEqual(readdirSync(root.cache), ["pinned.sqfs"], "coco's copy deleted, the pinned one kept");
+      // Not read again: it stays out (the knapsack has room for it, and would keep a cached one for its bonus).
+      const ticks = d.logs.filter((l) => l.msg === "tick").length;
+      await waitUntil("ten more ticks", () => d.logs.filter((l) => l.msg === "tick").length >= ticks + 10);
+      assert.equal(stackAt(coco).length, 1);
+      // (A read, this one too, makes it worth caching again.)
+      assert.equal(readFd(fd, 16), "coco", "a file open on the dropped copy reads on");
+      const forced = await cliIn(root, ["evict", "pinned", "--force"]);
+      assert.equal(forced.status, 0, forced.stderr + forced.stdout);
+      assert.match(forced.stdout, /^evicted pinned$/m);
+      assert.equal((await cliIn(root, ["pin"])).stdout, "", "its pin is gone");
+      assert.ok(!readdirSync(root.cache).includes("pinned.sqfs"), "its copy is deleted");
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
+
+test("release drops the cache and stops the daemon; release --all also unmounts every dataset; with no daemon both refuse", async () => {
+  await withRoot("release", async (root, track) => {
+    makeImage(root, path.join(root.data, "coco.sqfs"), { "data.bin": 2 * MB });
+    makeImage(root, path.join(root.data, "places.sqfs"), { "data.bin": 1 * MB });
+    const first = track(Daemon.start(root, { capacity: "64MB", pin: "coco" }));
+    await waitUntil("coco cached", () => stackAt(path.join(root.mnt, "coco")).length === 2, 30_000);
+    await waitUntil("places mounted", () => stackAt(path.join(root.mnt, "places")).length === 1);
+    const r = await cliIn(root, ["release"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^released; the daemon has stopped; 2 loop mount\(s\) left under /m);
+    assert.equal((await first.exit()).code, 0);
+    assert.deepEqual([stackAt(path.join(root.mnt, "coco")).length, stackAt(path.join(root.mnt, "places")).length], [1, 1], "the slow mounts stay");
+    assert.deepEqual(readdirSync(root.cache), [], "the cache is empty");
+    // Not running: refused, naming what to do instead.
+    const refused = await cliIn(root, ["release"]);
+    assert.equal(refused.status, 1);
+    assert.match(refused.stderr, /^scratch_manager: release: the daemon is not running .*; start it first/);
+    assert.match((await cliIn(root, ["evict", "coco"])).stderr, /^scratch_manager: evict: the daemon is not running/);
+
+    const second = track(Daemon.start(root, { capacity: "64MB", pin: "coco" }));
+    await waitUntil("coco cached again", () => stackAt(path.join(root.mnt, "coco")).length === 2, 30_000);
+    const all = await cliIn(root, ["release", "--all"]);
+    assert.equal(all.status, 0, all.stderr);
+    assert.match(all.stdout, /0 loop mount\(s\) left under /);
+    assert.equal((await second.exit()).code, 0);
+    assert.deepEqual(readdirSync(root.cache), []);
   });
 });

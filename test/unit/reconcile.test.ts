@@ -23,7 +23,7 @@ const config = makeConfig({ interval: 5, period: 60 });
 const T0 = Date.UTC(2030, 0, 1);
 
 function freshMemory(): Memory {
-  return { storage: new Storage(config, T0), stats: new Stats(config.period * 1000), backoff: new Backoff(), datasetFiles: new Set(), ticks: 0, quietTicks: 0, configGeneration: 0, ownedDirs: new Set() };
+  return { storage: new Storage(config, T0), stats: new Stats(config.period * 1000), backoff: new Backoff(), datasetFiles: new Set(), ticks: 0, quietTicks: 0, configGeneration: 0, ownedDirs: new Set(), evicting: new Set() };
 }
 
 interface World {
