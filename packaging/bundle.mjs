@@ -130,10 +130,12 @@ const deps = [...packages.entries()]
   });
 
 const own = readFileSync(join(TOP, "LICENSE.txt"), "utf8").replace(/\r\n/g, "\n").trim();
+// The project's own licence, as package.json names it (CECILL-C: the original's, which a port carries).
+const ownId = JSON.parse(readFileSync(join(TOP, "package.json"), "utf8")).license;
 const ownCopyright = own.split("\n").filter(isCopyrightLine).map((l) => l.trim());
 // Texts of the licences, from a package that uses it, without its copyright lines.
 const COMMON = { "Apache-2.0": "Apache-2.0", "GPL-2.0": "GPL-2", "GPL-3.0": "GPL-3", "LGPL-2.1": "LGPL-2.1", "MPL-2.0": "MPL-2.0" };
-const licenseTexts = new Map([["MIT", own]]);
+const licenseTexts = new Map([[ownId, own]]);
 for (const d of deps) if (!licenseTexts.has(d.license) && d.text) licenseTexts.set(d.license, d.text);
 for (const id of new Set(deps.map((d) => d.license))) {
   if (!licenseTexts.has(id) && !COMMON[id]) throw new Error(`bundle.mjs: no licence text for ${id}; add one`);
@@ -151,7 +153,7 @@ const bodyOf = (id) => {
     .trim();
 };
 const dep5Text = (t) => t.split("\n").map((l) => (l.trim() === "" ? " ." : ` ${l}`)).join("\n");
-const ids = [...new Set(["MIT", ...deps.map((d) => d.license)])];
+const ids = [...new Set([ownId, ...deps.map((d) => d.license)])];
 
 const copyright = [
   "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/",
@@ -161,7 +163,7 @@ const copyright = [
   "",
   "Files: *",
   `Copyright: ${ownCopyright.map((c) => c.replace(/^copyright\s+(\(c\)\s*)?/i, "")).join("\n           ")}`,
-  "License: MIT",
+  `License: ${ownId}`,
   ...deps.flatMap((d) => [
     "",
     `Files: node_modules/${d.name}/*`,

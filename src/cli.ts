@@ -4,6 +4,7 @@ import { Command, CommanderError, Option } from "commander";
 import { pinCommand, unpinCommand } from "./commands/pin.js";
 import { checkCommand } from "./commands/check.js";
 import { evictCommand, releaseCommand } from "./commands/evict.js";
+import { configCommand } from "./commands/config.js";
 import { runCommand, type RunFlags } from "./commands/run.js";
 import { FLAGGED_KEYS } from "./config.js";
 import { statusCommand } from "./commands/status.js";
@@ -78,6 +79,13 @@ export function buildProgram(): Command {
     .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf)")
     .option("-q, --quiet", "print only warnings and errors")
     .action(checkCommand);
+
+  program
+    .command("config")
+    .description("print every configuration key with its value; --compat: the file the original Python scratch_manager accepts, for a rollback")
+    .option("-c, --config <file>", "configuration file (default: /etc/scratch_manager.conf)")
+    .option("--compat", "only what the original accepts, in its forms; the rest as comments")
+    .action(configCommand);
 
   program
     .command("pin")

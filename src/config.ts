@@ -112,6 +112,8 @@ function normaliseConfigparser(text: string): string {
 
 /** Where each key of a file was set: "FILE:LINE", for the messages about its value. */
 const keyLines = new WeakMap<RawConfig, Map<string, string>>();
+/** Keys of a file that this version does not know and ignores (configWarnings). */
+const ignoredKeys = new WeakMap<RawConfig, string[]>();
 
 /**
  * Lines that are not "key = value" (nor "key: value", a comment, blank or a
@@ -135,19 +137,31 @@ export function parseConfigText(text: string, source: string): RawConfig {
   const lines = checkLines(text, source);
   const parsed: unknown = ini.parse(normaliseConfigparser(text));
   const raw: RawConfig = {};
+  const ignored: string[] = [];
   for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
     const where = lines.get(key) ?? source;
     if (typeof value === "object" && value !== null) {
       throw new UsageError(`config: ${where}: section [${key}] is not supported; write the keys without a section header`);
     }
     if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
+      // A key close to a known one is a typo: refused, since its value would be silently lost. Another
+      // is taken for a newer version's key and ignored with a warning, so that an older build (a
+      // rollback) still starts on a newer file, as systemd does with unknown settings.
       const hint = didYouMean(key, CONFIG_KEYS);
-      throw new UsageError(`config: ${where}: unknown key ${JSON.stringify(key)}${hint || "; see man scratch_manager for the keys"}`);
+      if (hint) throw new UsageError(`config: ${where}: unknown key ${JSON.stringify(key)}${hint}`);
+      ignored.push(`config: ${where}: unknown key ${JSON.stringify(key)} ignored (a newer version's? see man scratch_manager for this version's keys)`);
+      continue;
     }
     raw[key as ConfigKey] = String(value).trim();
   }
   keyLines.set(raw, lines);
+  ignoredKeys.set(raw, ignored);
   return raw;
+}
+
+/** What a file had that this version ignores, one line each, for the log and `check`. */
+export function configWarnings(raw: RawConfig): string[] {
+  return ignoredKeys.get(raw) ?? [];
 }
 
 /** A message about a key's value ("config: key = ..."), told where the file set it. */
@@ -370,7 +384,16 @@ export async function configuredDir(key: "state_dir" | "runtime_dir", flag: stri
 
 /** File (explicit, else the default if it exists) + flags -> validated, resolved Config. */
 export async function loadConfig(options: LoadOptions): Promise<Config> {
+  return (await loadConfigAndWarnings(options)).config;
+}
+
+/** loadConfig, and the warnings about the file (keys this version ignores). */
+export async function loadConfigAndWarnings(options: LoadOptions): Promise<{ config: Config; warnings: string[] }> {
   const fromFile = await readConfigFile(options.configPath ?? DEFAULT_CONFIG_PATH, options.configPath !== undefined);
+  return { config: await loadValidated(fromFile, options), warnings: configWarnings(fromFile) };
+}
+
+async function loadValidated(fromFile: RawConfig, options: LoadOptions): Promise<Config> {
   const raw: RawConfig = { ...fromFile };
   for (const [key, value] of Object.entries(options.flags)) {
     if (value !== undefined) raw[key as ConfigKey] = value;

@@ -7,7 +7,7 @@
  */
 import { access, constants, readFile } from "node:fs/promises";
 import path from "node:path";
-import { loadConfig, type Config } from "../config.js";
+import { loadConfigAndWarnings, type Config } from "../config.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { run as realRun, type Runner } from "../lib/exec.js";
 import { fsUsage } from "../observe/snapshot.js";
@@ -119,13 +119,17 @@ async function checkKernel(): Promise<Finding> {
 export async function checkFindings(configPath: string | undefined, deps: { run?: Runner; envPath?: string } = {}): Promise<Finding[]> {
   const run = deps.run ?? realRun;
   let config: Config;
+  let warnings: string[];
   try {
-    config = await loadConfig({ configPath, flags: {}, verbose: false });
+    ({ config, warnings } = await loadConfigAndWarnings({ configPath, flags: {}, verbose: false }));
   } catch (err) {
     if (err instanceof UsageError) return [{ level: "error", what: "configuration", detail: err.message.replace(/^config: /, "") }];
     throw err;
   }
-  const findings: Finding[] = [{ level: "ok", what: "configuration", detail: `${configPath ?? "/etc/scratch_manager.conf"} is valid` }];
+  const findings: Finding[] = [
+    { level: "ok", what: "configuration", detail: `${configPath ?? "/etc/scratch_manager.conf"} is valid` },
+    ...warnings.map((w): Finding => ({ level: "warning", what: "configuration", detail: w.replace(/^config: /, "") })),
+  ];
   findings.push(await checkDatadir(run, config), ...(await checkCachedir(run, config)));
   findings.push({ level: "ok", what: `mountdir ${config.mountdir}`, detail: "exists" });
   const envPath = deps.envPath ?? process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,4 +1,4 @@
-import { FLAGGED_KEYS, loadConfig, type Config, type RawConfig } from "../config.js";
+import { FLAGGED_KEYS, loadConfigAndWarnings, type Config, type RawConfig } from "../config.js";
 import { Daemon } from "../daemon.js";
 import { errorMessage, UsageError } from "../errors.js";
 import { createLogger, LogDestination, resolveLogFormat } from "../log.js";
@@ -39,10 +39,16 @@ export async function runCommand(flags: RunFlags): Promise<void> {
     const value = flags[option];
     if (typeof value === "string") raw[key] = value;
   }
-  const load = () => loadConfig({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
-  const config = await load();
+  const loadWithWarnings = () => loadConfigAndWarnings({ configPath: flags.config, flags: raw, verbose: flags.verbose === true });
+  const { config, warnings } = await loadWithWarnings();
   const destination = new LogDestination(resolveLogFormat(config.logFormat));
   const logger = createLogger(config.verbose, destination);
+  for (const w of warnings) logger.warn(w);
+  const load = async () => {
+    const loaded = await loadWithWarnings();
+    for (const w of loaded.warnings) logger.warn(w);
+    return loaded.config;
+  };
   // Cache files and mount points are created readable by all, writable by root only.
   process.umask(0o022);
   const daemon = new Daemon({ config, logger });

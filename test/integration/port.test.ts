@@ -18,13 +18,13 @@ test("a bad config value exits 2 with one line naming the key and the accepted f
   await withRoot("badconf", async (root) => {
     makeImage(root, path.join(root.data, "alpha.sqfs"), { "a.txt": "alpha" });
     const cases: [string, RegExp][] = [
-      ["capacity = 12XB", /^scratch_manager: config: capacity = "12XB" is not valid; expected .*MB.*GB.*TB.*%/],
+      ["capacity = 12XB", /^scratch_manager: config: \S+\/bad\.conf:\d+: capacity = "12XB" is not valid; expected .*MB.*GB.*TB.*%/],
       ["capacity = 0", /capacity = "0" is not valid/],
       ["capacity = 150%", /capacity = "150%" is not valid/],
       ["period = soon", /period = "soon" is not valid; expected a positive duration/],
       ["interval = -1", /interval = "-1" is not valid/],
       ["naming = whatever", /naming = "whatever" is not valid; expected first-dot or strip-extension/],
-      ["colour = blue", /unknown key "colour"/],
+      ["capacty = 1GB", /unknown key "capacty"; did you mean capacity\?/],
     ];
     for (const [line, expected] of cases) {
       const conf = path.join(root.root, "bad.conf");

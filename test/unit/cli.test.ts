@@ -19,7 +19,7 @@ test("--help shows the daemon's flags next to the commands, as the original's he
   const options = help.stdout.slice(help.stdout.indexOf("Options:"), help.stdout.indexOf("Commands:"));
   for (const flag of DAEMON_FLAGS) assert.ok(options.includes(flag), `--help lists ${flag} among its options`);
   const commands = help.stdout.slice(help.stdout.indexOf("Commands:"));
-  for (const command of ["run", "status", "check", "pin", "unpin", "evict", "release", "help"]) assert.match(commands, new RegExp(`^  ${command} `, "m"));
+  for (const command of ["run", "status", "check", "config", "pin", "unpin", "evict", "release", "help"]) assert.match(commands, new RegExp(`^  ${command} `, "m"));
   // `run --help` has the same flags: `scratch_manager run -c FILE` is the same daemon.
   const run = cli(["run", "--help"]);
   for (const flag of DAEMON_FLAGS) assert.ok(run.stdout.includes(flag), `run --help lists ${flag}`);

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { mkdir, readFile, realpath, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { parseConfigText, resolveDirectories, validateConfig, type RawConfig } from "../../src/config.js";
+import { configWarnings, parseConfigText, resolveDirectories, validateConfig, type RawConfig } from "../../src/config.js";
+import { compatText, originalCapacity } from "../../src/commands/config.js";
 import { assertRejectsUsage, assertUsageError, FIXTURES, GiB, makeConfig, MiB, tempDir, TiB } from "./helpers.js";
 
 const SOURCE = "/etc/scratch_manager.conf";
@@ -237,4 +238,34 @@ describe("validateConfig: the operating keys of issue 4", () => {
       assertUsageError(() => validateConfig({ ...BASE, ...raw }), `${key} = `, "expected");
     });
   }
+});
+
+describe("keys this version does not know", () => {
+  test("one far from every key is ignored with a warning naming its line (an older build on a newer file still starts)", () => {
+    const raw = parseConfigText("datadir = /a\nfrobnicator = 3\n", SOURCE);
+    assert.deepEqual(raw, { datadir: "/a" });
+    assert.deepEqual(configWarnings(raw), [`config: ${SOURCE}:2: unknown key "frobnicator" ignored (a newer version's? see man scratch_manager for this version's keys)`]);
+  });
+  test("one close to a known key is a typo, refused: its value would be lost silently", () => {
+    assertUsageError(() => parseConfigText("cachdir = /a\n", SOURCE), "did you mean cachedir?");
+  });
+});
+
+describe("scratch_manager config --compat: the file the original accepts", () => {
+  test("its five keys in its forms; sizes in whole MB/GB/TB, durations in seconds; the rest as comments", () => {
+    const raw = parseConfigText("datadir = /d\ncachedir = /c ; the SSD\nmountdir = /m\ncapacity = 1.5TB\nperiod = 10m\ninterval = 2\npeer_listen = 0.0.0.0:7000\n", SOURCE);
+    const text = compatText(raw, SOURCE);
+    const keys = text.split("\n").filter((l) => /^[a-z]/.test(l));
+    assert.deepEqual(keys, ["datadir = /d", "cachedir = /c", "mountdir = /m", "capacity = 1536GB", "period = 600"]);
+    assert.match(text, /^; {3}interval = 2$/m);
+    assert.match(text, /^; {3}peer_listen = 0\.0\.0\.0:7000$/m);
+    // What the original's parser reads back: the same values.
+    assert.deepEqual(parseConfigText(text, SOURCE), { datadir: "/d", cachedir: "/c", mountdir: "/m", capacity: "1536GB", period: "600" });
+  });
+  test("capacities: percent kept whole, odd sizes rounded down to MiB with a note", () => {
+    assert.deepEqual(originalCapacity("25%"), { value: "25%" });
+    assert.deepEqual(originalCapacity("2TB"), { value: "2TB" });
+    assert.deepEqual(originalCapacity("12.5%"), { value: "12%", note: "12.5% rounded down to whole percent" });
+    assert.deepEqual(originalCapacity("1000000000"), { value: "953MB", note: "1000000000 rounded down to whole MiB" });
+  });
 });
