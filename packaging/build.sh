@@ -95,7 +95,8 @@ gzip -9n "$root/usr/share/man/man8/scratch_manager.8"
 # A native package's changelog: one entry for this build.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
-  echo "scratch-manager ($pkgversion) unstable; urgency=medium"
+  # Epoch 1 (control.in): a package of the original named scratch-manager, whatever its version, is older than this one.
+  echo "scratch-manager (1:$pkgversion) unstable; urgency=medium"
   echo
   echo "  * scratch_manager $version, built from commit $commit."
   echo

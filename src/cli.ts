@@ -61,6 +61,14 @@ export function buildProgram(): Command {
       await runCommand(flags);
     });
 
+  addInspectCommands(program);
+  addPinCommands(program);
+  addCacheCommands(program);
+  return program;
+}
+
+/** run, status, check, config: running the daemon and looking at it. */
+function addInspectCommands(program: Command): void {
   daemonOptions(program.command("run").description("run the daemon (what the program does with no command)")).action(runCommand);
 
   program
@@ -87,6 +95,10 @@ export function buildProgram(): Command {
     .option("--compat", "only what the original accepts, in its forms; the rest as comments")
     .action(configCommand);
 
+}
+
+/** pin and unpin: what the cache keeps whatever its use. */
+function addPinCommands(program: Command): void {
   program
     .command("pin")
     .description("keep datasets in the cache whatever their use; with no NAME, list the pins")
@@ -108,6 +120,10 @@ export function buildProgram(): Command {
     .option("-c, --config <file>", "configuration file, for state_dir")
     .option("--state-dir <dir>", "where pins are kept (default: state_dir of the config)")
     .action(unpinCommand);
+}
+
+/** evict and release: asked of the running daemon. */
+function addCacheCommands(program: Command): void {
   program
     .command("evict")
     .description("drop the cached copies of these datasets now (root); they come back only once read again")
@@ -124,7 +140,6 @@ export function buildProgram(): Command {
     .option("-c, --config <file>", "configuration file, for runtime_dir and mountdir")
     .option("--runtime-dir <dir>", "where the daemon runs (default: runtime_dir of the config)")
     .action(releaseCommand);
-  return program;
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -10,7 +10,6 @@ import { errorMessage } from "./errors.js";
 import { Observer, type ObserveRoots, type Snapshot } from "./observe/snapshot.js";
 import { statFile } from "./observe/scan.js";
 import { readLoopAt, readLoopDevices, type BackingId } from "./observe/loops.js";
-import type { DirCondition } from "./plan/availability.js";
 import { Backoff } from "./plan/backoff.js";
 import type { Action, CopyView } from "./plan/diff.js";
 import { reconcile, type Memory, type ReconcileInput, type Reconciled } from "./plan/reconcile.js";
@@ -19,12 +18,13 @@ import { Storage, type StorageView } from "./plan/storage.js";
 import { PeerFill } from "./fleet/peer-fill.js";
 import { afterActing, countStates } from "./report/build.js";
 import { LogOnce } from "./report/log-once.js";
+import { logCondition, tellNotices } from "./report/notices.js";
 import { Publisher } from "./report/publish.js";
 import type { StatusReport } from "./report/status.js";
 import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devices.js";
 import { activePins, readPins, updatePins, type Pin } from "./state/pins.js";
 import { takeRequests, writeReply, type Reply } from "./state/requests.js";
-import { didYouMean } from "./lib/suggest.js";
+import { planEviction } from "./plan/requests.js";
 import { occupiedBytes } from "./plan/policy.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
@@ -155,7 +155,7 @@ export class Daemon {
     const out = reconcile(input, this.memory, config, input.observation.now);
     this.memory = out.memory;
     await this.noteStorage(out.storage);
-    this.tellNotices(out);
+    if (out.notices) tellNotices(this.logger, this.once, out.notices);
     let report = out.report;
     if (out.actions.length > 0) {
       const unmountedSlow = await this.actOn(out.actions, out.snapshot, config, input.observation.now);
@@ -195,39 +195,12 @@ export class Daemon {
    * which removes its pins (every owner's; not those of the configuration file).
    */
   private async evict(names: readonly string[], force: boolean, config: Config): Promise<Reply> {
-    const datasets = new Map((this.lastReport?.datasets ?? []).map((d) => [d.name, d]));
-    const lines: string[] = [];
-    let ok = true;
-    const evicting = new Set(this.memory.evicting);
-    for (const name of names) {
-      const d = datasets.get(name);
-      if (!d) {
-        ok = false;
-        lines.push(`no dataset ${JSON.stringify(name)}${didYouMean(name, [...datasets.keys()])}`);
-        continue;
-      }
-      if (d.pinned && config.pins.includes(name)) {
-        ok = false;
-        lines.push(`${name}: pinned by the configuration file (pin = ...); remove it there and reload first`);
-        continue;
-      }
-      if (d.pinned && !force) {
-        ok = false;
-        lines.push(`${name}: pinned; --force removes its pins and evicts it`);
-        continue;
-      }
-      if (d.pinned) await updatePins(config.stateDir, this.clock, (pins) => pins.filter((p) => p.name !== name));
-      this.memory.stats.forget(name);
-      if (d.state === "slow") {
-        lines.push(`${name}: not cached${d.pinned ? "; its pins are removed" : ""}`);
-        continue;
-      }
-      evicting.add(name);
-      lines.push(`${name}: evicting (${d.state}); files open on the cached copy read on until closed`);
-    }
-    this.memory = { ...this.memory, evicting };
+    const plan = planEviction(names, force, this.lastReport?.datasets ?? [], config.pins);
+    if (plan.unpin.length > 0) await updatePins(config.stateDir, this.clock, (pins) => pins.filter((p) => !plan.unpin.includes(p.name)));
+    for (const name of plan.forget) this.memory.stats.forget(name);
+    this.memory = { ...this.memory, evicting: new Set([...this.memory.evicting, ...plan.evict]) };
     this.wake();
-    return { ok, lines };
+    return { ok: plan.ok, lines: plan.lines };
   }
 
   /** Drop the cache (all: and unmount every mount of ours), then stop: for a rollback or an uninstall. */
@@ -332,21 +305,6 @@ export class Daemon {
     }
   }
 
-  /** Refused images and problems the diff cannot fix: logged once each, and again when they change. */
-  private tellNotices(out: Reconciled): void {
-    if (!out.notices) return;
-    const { refusals, problems, pinProblems } = out.notices;
-    const log = this.logger;
-    this.once.report(
-      "refused",
-      refusals.map((r) => ({ key: r.file, signature: `${r.signature}:${r.reason}`, log: () => log.error({ file: r.file, reason: r.reason }, "image refused") })),
-    );
-    this.once.report("problem", [
-      ...problems.map((p) => ({ key: p.key, signature: p.message, log: () => log.warn({ dataset: p.dataset, key: p.key }, p.message) })),
-      ...pinProblems.map((message) => ({ key: message, signature: message, log: () => log.warn(message) })),
-    ]);
-  }
-
   /**
    * SIGHUP: a new configuration applies from the next tick. The directories
    * cannot change (the mounts under the old ones would be orphaned): the
@@ -439,17 +397,4 @@ export class Daemon {
     }
     this.wake();
   }
-}
-
-/** A directory's condition changed: said once, in the log. */
-function logCondition(logger: Logger, before: DirCondition, c: DirCondition): void {
-  const fields = { dir: c.dir, path: c.path, reason: c.reason };
-  if (c.available) {
-    // The first scan after start: nothing was wrong.
-    if (before.reason === "Starting") return;
-    logger.info({ ...fields, outageMs: c.since - before.since, was: before.reason }, `${c.dir} available again`);
-    return;
-  }
-  const doing = c.dir === "datadir" ? "serving what is mounted and cached, changing nothing until it is back" : "changing nothing in the cache until it is back";
-  logger.warn({ ...fields, cause: c.message }, `${c.dir} unavailable: ${c.message}; ${doing}`);
 }

@@ -81,6 +81,38 @@ export function needsHardening(options: string): boolean {
 }
 
 /**
+ * The mount steps that make one dataset's stack [slow] or [slow, cache]:
+ * keep the right layers from the bottom, unmount the rest from the top,
+ * mount what is missing; harden a right top mounted without our flags.
+ */
+function stackActions(d: Dataset, stack: readonly Layer[], wantCache: boolean): Action[] {
+  const actions: Action[] = [];
+  const key = d.mountPoint;
+  const wanted: WantedLayer[] = [{ tier: "slow", source: d.imagePath }];
+  if (wantCache && d.cache === "valid") wanted.push({ tier: "cache", source: d.cachePath });
+  let keep = 0;
+  while (keep < stack.length && keep < wanted.length && matches(stack[keep] as Layer, wanted[keep] as WantedLayer)) keep++;
+  for (let j = stack.length - 1; j >= keep; j--) {
+    const layer = stack[j] as Layer;
+    const reason = layer.deleted ? "backing file deleted or replaced" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
+    actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, device: layer.entry.majorMinor, reason });
+  }
+  if (stack.length === 0) actions.push({ kind: "mkdir", key, dataset: d.name, path: key });
+  for (let j = keep; j < wanted.length; j++) {
+    const w = wanted[j] as WantedLayer;
+    actions.push({ kind: "mount", key, dataset: d.name, tier: w.tier, source: w.source, target: key, fsType: d.kind });
+  }
+  // A stack already right whose top was mounted without our flags (adopted from the original): hardened in place.
+  // Only the top can be reached by its path; one beneath is hardened when it is the top again.
+  const top = stack.at(-1);
+  if (keep === stack.length && keep === wanted.length && top && top.tier !== "foreign" && needsHardening(top.entry.options)) {
+    actions.push({ kind: "harden", key, dataset: d.name, tier: top.tier, target: key, mountId: top.mountId, device: top.entry.majorMinor });
+  }
+
+  return actions;
+}
+
+/**
  * Observed state + wanted state -> the actions that turn one into the other.
  * Pure. Level-based: it never relies on what earlier ticks did, so a restart
  * or a missed tick changes nothing, and right mounts are left alone.
@@ -110,26 +142,7 @@ export function diff(input: DiffInput): { actions: Action[]; problems: Problem[]
       continue;
     }
 
-    const wanted: WantedLayer[] = [{ tier: "slow", source: d.imagePath }];
-    if (wantCache && d.cache === "valid") wanted.push({ tier: "cache", source: d.cachePath });
-    let keep = 0;
-    while (keep < stack.length && keep < wanted.length && matches(stack[keep] as Layer, wanted[keep] as WantedLayer)) keep++;
-    for (let j = stack.length - 1; j >= keep; j--) {
-      const layer = stack[j] as Layer;
-      const reason = layer.deleted ? "backing file deleted or replaced" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
-      actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, device: layer.entry.majorMinor, reason });
-    }
-    if (stack.length === 0) actions.push({ kind: "mkdir", key, dataset: d.name, path: key });
-    for (let j = keep; j < wanted.length; j++) {
-      const w = wanted[j] as WantedLayer;
-      actions.push({ kind: "mount", key, dataset: d.name, tier: w.tier, source: w.source, target: key, fsType: d.kind });
-    }
-    // A stack already right whose top was mounted without our flags (adopted from the original): hardened in place.
-    // Only the top can be reached by its path; one beneath is hardened when it is the top again.
-    const top = stack.at(-1);
-    if (keep === stack.length && keep === wanted.length && top && top.tier !== "foreign" && needsHardening(top.entry.options)) {
-      actions.push({ kind: "harden", key, dataset: d.name, tier: top.tier, target: key, mountId: top.mountId, device: top.entry.majorMinor });
-    }
+    actions.push(...stackActions(d, stack, wantCache));
 
     if (d.cache === "stale") actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "stale cached copy" });
     else if (d.cache === "valid" && !wantCache) actions.push({ kind: "delete-file", key, dataset: d.name, path: d.cachePath, reason: "dropped from cache" });

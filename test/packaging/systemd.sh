@@ -227,6 +227,11 @@ check "rpm -qp --scripts: daemon-reload after install and removal" \
 rpm_post=$(sed -n '/^postinstall scriptlet/,/^[a-z]* *scriptlet/p' <<<"$rpm_scripts" | grep -v '^ *#')
 check "rpm -qp --scripts: %post does not start or enable the unit" \
   test -z "$(grep -E 'systemctl .*(start|enable|restart)' <<<"$rpm_post")"
+check "rpm -qp --provides: scratch_manager, the original's package name" grep -qE '^scratch_manager = ' <<<"$(rpm -qp --provides "$rpmfile" 2>/dev/null)"
+check "rpm -qp --obsoletes: scratch_manager (installing it replaces the original's package)" grep -qx 'scratch_manager' <<<"$(rpm -qp --obsoletes "$rpmfile" 2>/dev/null)"
+deb_version=$(dpkg-deb -f "$deb" Version)
+check "the .deb's version ($deb_version) orders after any version of a package of the original's named scratch-manager (epoch 1)" \
+  dpkg --compare-versions "$deb_version" gt 99.9-9
 rpm_requires=$(rpm -qp --requires "$rpmfile" 2>/dev/null)
 for r in 'nodejs >= 18' rsync util-linux; do
   check "rpm -qp --requires: $r" grep -qx "$r" <<<"$rpm_requires"
@@ -609,4 +614,76 @@ check "the purge removed /usr/bin/scratch_manager" test ! -e /usr/bin/scratch_ma
 check "the purge removed the unit" test ! -e /lib/systemd/system/scratch_manager.service
 check "the purge removed $conf" test ! -e "$conf"
 check "the mounts outlive the package, for running jobs" test "$(mounts_at "$root/mnt/ds")" = "$before"
+
+# ---- upgrading from the original's package -----------------------------------
+# A stand-in of the original's package, with its name as a .deb would have
+# it, a version of its own scheme and its files: /usr/bin/scratch_manager
+# mounts each image of datadir the original's way (mount FILE DIR, no
+# options) and keeps running, under a unit of the same name. Then ours is
+# installed over it, as an administrator would upgrade.
+if [[ $deb_version == 1:* ]]; then
+  echo "== upgrading from the original's package (a stand-in: its name, version scheme and files)"
+  stand=$root/standin
+  mkdir -p "$stand/DEBIAN" "$stand/usr/bin" "$stand/lib/systemd/system"
+  cat >"$stand/DEBIAN/control" <<'CONTROL'
+Package: scratch-manager
+Version: 1.2-1
+Architecture: all
+Maintainer: packaging test <root@localhost>
+Description: stand-in for the original Python scratch_manager
+ Mounts every image of datadir with a plain mount FILE DIR, as the original does.
+CONTROL
+  cat >"$stand/usr/bin/scratch_manager" <<'PROGRAM'
+#!/bin/sh
+# The original's way of mounting: mount FILE DIR, no options; then keep running.
+get() { sed -n "s/^$1 *= *//p" /etc/scratch_manager.conf; }
+data=$(get datadir)
+mnt=$(get mountdir)
+for f in "$data"/*; do
+  n=$(basename "$f")
+  n=${n%%.*}
+  mkdir -p "$mnt/$n"
+  mountpoint -q "$mnt/$n" || mount "$f" "$mnt/$n"
+done
+exec sleep infinity
+PROGRAM
+  chmod 0755 "$stand/usr/bin/scratch_manager"
+  cat >"$stand/lib/systemd/system/scratch_manager.service" <<'UNIT'
+[Unit]
+Description=scratch_manager (a stand-in of the original)
+DefaultDependencies=no
+[Service]
+ExecStart=/usr/bin/scratch_manager
+UNIT
+  dpkg-deb --root-owner-group --build "$stand" "$root/standin.deb" >/dev/null
+  cat >"$conf" <<CONF
+$marker
+datadir = $root/data
+cachedir = $root/cache
+mountdir = $root/mnt
+capacity = 50%
+period = 10
+CONF
+  touch "$installed_flag"
+  check "dpkg -i the stand-in of the original's package (scratch-manager 1.2-1)" quiet ns dpkg -i "$root/standin.deb"
+  sctl daemon-reload
+  make_image orig
+  check "the original's service starts" sctl start scratch_manager
+  orig_mounted() { [[ -n $(mounts_at "$root/mnt/orig") ]]; }
+  check "the original mounted mountdir/orig" wait_for 10 orig_mounted
+  orig_before=$(mounts_at "$root/mnt/orig")
+  mount_flags() { awk -v t="$1" '$5 == t { print $6 }' "/proc/$sd/mountinfo" | tail -1; }
+  flags_have() { [[ ,$(mount_flags "$root/mnt/orig"), == *,$1,* ]]; }
+  check "the original's mount has no nosuid ($(mount_flags "$root/mnt/orig"))" test -n "$orig_before" -a -z "$(flags_have nosuid && echo yes)"
+  upgrade() { ns env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold "$deb" >"$root/apt-upgrade.log" 2>&1; }
+  check "apt-get install $(basename "$deb") over the original's package" upgrade
+  check "dpkg has ours now ($deb_version)" test "$(dpkg-query -W -f='${Version}' scratch-manager 2>/dev/null)" = "$deb_version"
+  check "the administrator's $conf is kept (--force-confold)" grep -qF "$marker" "$conf"
+  ours_running() { [[ $(prop scratch_manager.service ActiveState) == active ]] && journal | grep -E '^hardened an adopted mount' | grep -qF "target=$root/mnt/orig"; }
+  check "the upgrade restarted the service (postinst try-restart): ours runs and hardens the original's mount" wait_for 30 ours_running
+  check "mountdir/orig keeps its mount ID and device: adopted, not remounted" test "$(mounts_at "$root/mnt/orig")" = "$orig_before"
+  hardened() { flags_have nosuid && flags_have nodev; }
+  check "mountdir/orig is nosuid,nodev now ($(mount_flags "$root/mnt/orig"))" hardened
+  check "dpkg --purge scratch-manager (after the upgrade)" quiet ns dpkg --purge scratch-manager
+fi
 # The EXIT trap stops the namespace, checks that nothing is left, and prints the summary.

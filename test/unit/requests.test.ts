@@ -5,6 +5,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { parseRequest, requestsDir, takeReply, takeRequests, writeReply, writeRequest } from "../../src/state/requests.js";
 import { tempDir } from "./helpers.js";
+import { planEviction } from "../../src/plan/requests.js";
+import type { DatasetStatus } from "../../src/report/status.js";
 
 test("parseRequest takes evict and release, and refuses anything else with a reason", () => {
   assert.deepEqual(parseRequest('{"id":"1-ab","kind":"evict","names":["coco"],"force":true}'), { id: "1-ab", kind: "evict", names: ["coco"], force: true });
@@ -48,4 +50,24 @@ test("a link, or a file another user owns, is not believed: reported and removed
   } finally {
     await cleanup();
   }
+});
+
+test("planEviction: a cached dataset is evicted and forgotten; a pinned one needs --force (which unpins it); a config pin is refused; unknown names get the closest", () => {
+  const ds = (name: string, state: DatasetStatus["state"], pinned = false): DatasetStatus => ({ name, imageFile: `${name}.sqfs`, sizeBytes: 1, state, pinned, slowBytesPerSecond: 0, cacheBytesPerSecond: 0, slowBytesRead: 0, cacheBytesRead: 0 });
+  const datasets = [ds("coco", "cached"), ds("laion", "copying"), ds("places", "cached", true), ds("mnist", "slow"), ds("fixed", "cached", true)];
+  const plan = planEviction(["coco", "laion", "places", "mnist", "fixed", "cocoo"], false, datasets, ["fixed"]);
+  assert.equal(plan.ok, false);
+  assert.deepEqual(plan.evict, ["coco", "laion"]);
+  assert.deepEqual(plan.forget, ["coco", "laion", "mnist"]);
+  assert.deepEqual(plan.unpin, []);
+  assert.deepEqual(plan.lines, [
+    "coco: evicting (cached); files open on the cached copy read on until closed",
+    "laion: evicting (copying); files open on the cached copy read on until closed",
+    "places: pinned; --force removes its pins and evicts it",
+    "mnist: not cached",
+    "fixed: pinned by the configuration file (pin = ...); remove it there and reload first",
+    'no dataset "cocoo"; did you mean coco?',
+  ]);
+  const forced = planEviction(["places", "fixed"], true, datasets, ["fixed"]);
+  assert.deepEqual([forced.evict, forced.unpin, forced.ok], [["places"], ["places"], false]);
 });
