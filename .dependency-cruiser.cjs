@@ -1,5 +1,5 @@
 /**
- * The layers of src/ (README, Architecture), checked by `npm run lint`:
+ * The layers of src/ (docs/architecture.md), checked by `npm run lint`:
  * no import cycle anywhere; lib/ imports nothing of the project; observe/
  * imports nothing from plan/ or act/.
  * @type {import('dependency-cruiser').IConfiguration}

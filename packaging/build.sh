@@ -80,6 +80,9 @@ install -D -m 0644 scratch_manager.service "$root/lib/systemd/system/scratch_man
 install -D -m 0644 scratch_manager.conf "$root/etc/scratch_manager.conf"
 install -D -m 0644 README.md "$doc/README.md"
 install -D -m 0644 SECURITY.md "$doc/SECURITY.md"
+# The documents the README links to (upgrading, fleet, storage failures, ...).
+install -d -m 0755 "$doc/docs"
+install -m 0644 docs/*.md "$doc/docs/"
 install -D -m 0644 LICENSE.txt "$doc/LICENSE.txt"
 install -D -m 0644 "$bundle/copyright" "$doc/copyright"
 install -D -m 0644 "$out/man/scratch_manager.8" "$root/usr/share/man/man8/scratch_manager.8"
@@ -125,6 +128,7 @@ if [[ -z ${SM_SKIP_RPM:-} ]]; then
   cp "$bundle/scratch_manager.mjs" "$here/scratch_manager" scratch_manager.service scratch_manager.conf \
     "$out/man/scratch_manager.8" README.md SECURITY.md LICENSE.txt "$bundle/THIRD-PARTY-LICENSES.txt" "$topdir/SOURCES/"
   tar -C "$here" -cf "$topdir/SOURCES/share.tar" slurm prometheus grafana
+  tar -cf "$topdir/SOURCES/docs.tar" docs
   sed -e "s|@RPM_VERSION@|$pkgversion|" -e "s|@LICENSE@|$(cat "$bundle/license-expression")|" \
     "$here/rpm/scratch-manager.spec.in" >"$topdir/SPECS/scratch-manager.spec"
   # --nodeps: the build host's rpm database is empty on Debian; the spec has no

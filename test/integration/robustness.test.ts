@@ -175,7 +175,7 @@ test("a bad config (missing cachedir, overlapping directories, a relative path) 
   await withRoot("badconf2", async (root) => {
     makeImage(root, path.join(root.data, "alpha.sqfs"), { "a.txt": "alpha" });
     const cases: [Record<string, string>, RegExp][] = [
-      [{ cachedir: path.join(root.root, "nope") }, /^scratch_manager: config: cachedir = ".*nope" is not usable \(ENOENT\); expected an absolute path to an existing directory$/],
+      [{ cachedir: path.join(root.root, "nope") }, /^scratch_manager: config: \S+\/bad\.conf:2: cachedir = ".*nope" is not usable \(ENOENT\); expected an absolute path to an existing directory$/],
       [{ cachedir: path.join(root.data, "cache") }, /cachedir = .* overlaps datadir/],
       [{ mountdir: "relative/dir" }, /mountdir = "relative\/dir" is not valid; expected an absolute path/],
     ];
