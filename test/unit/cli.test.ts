@@ -181,3 +181,21 @@ test("pin as a user who may not write the pins: one line that says to run it as 
     await cleanup();
   }
 });
+
+test("pin lists its end in local time, as status shows times (TZ=Pacific/Chatham: UTC+12:45 or +13:45)", async () => {
+  const { dir, cleanup } = await tempDir();
+  try {
+    const env = { ...process.env, TZ: "Pacific/Chatham" };
+    const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", timeout: 10_000, env });
+    const before = Date.now();
+    assert.equal(run(["pin", "coco", "--for", "2h", "--force", "--state-dir", dir]).status, 0);
+    const listed = run(["pin", "--state-dir", dir]).stdout;
+    const shown = /^coco\tadmin\tuntil (?:\d{4}-\d\d-\d\d )?(\d\d:\d\d)$/m.exec(listed)?.[1];
+    // The end as a clock in that zone, for the minute of the pin and the next (the command ran in between).
+    const clock = (at: number) => new Intl.DateTimeFormat("en-GB", { timeZone: "Pacific/Chatham", hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).format(at);
+    const end = before + 2 * 3600_000;
+    assert.ok(shown !== undefined && [clock(end), clock(end + 60_000)].includes(shown), `${listed} (expected ${clock(end)})`);
+  } finally {
+    await cleanup();
+  }
+});
