@@ -457,9 +457,9 @@ fi
 check "the unit is still active after the reload" active
 if ns /usr/bin/scratch_manager check --help >/dev/null 2>&1; then
   cp "$conf" "$root/conf.good"
-  echo "colour = blue" >>"$conf"
+  echo "capacty = 1GB" >>"$conf"
   bad_reload() { ! sctl reload scratch_manager 2>/dev/null; }
-  check "systemctl reload of a file with an unknown key fails: ExecReload runs scratch_manager check first" bad_reload
+  check "systemctl reload of a file with a misspelt key fails: ExecReload runs scratch_manager check first" bad_reload
   cp "$root/conf.good" "$conf"
   check "the unit is still active after the refused reload" active
   check "scratch_manager check on the restored file: exit 0" quiet ns /usr/bin/scratch_manager check --config "$conf"
