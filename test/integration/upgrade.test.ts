@@ -74,6 +74,14 @@ test("a node the original runs, with a job reading: adopted as is (same mount ID
       rmSync(path.join(root.data, "imagenet.2017.sqfs"));
       await waitUntil("imagenet unmounted", () => stackAt(path.join(root.mnt, "imagenet")).length === 0);
       assert.equal(readFd(job.imagenet, 64), "imagenet, opened on the slow tier");
+
+      // Handing back: what ours leaves is what the original's loop expects. It lists datadir and cachedir
+      // (os.listdir) and takes every entry for an image or a copy, and finds mounts by mountdir/<name up to the first dot>.
+      assert.equal((await d.stop()).code, 0);
+      assert.deepEqual(readdirSync(root.data), ["coco.sqfs"], "nothing of ours in datadir (peer fill off)");
+      assert.deepEqual(readdirSync(root.cache), ["coco.sqfs"], "only copies, named as their image");
+      for (const n of readdirSync(root.mnt)) assert.ok(n === "coco" || readdirSync(path.join(root.mnt, n)).length === 0, `mountdir/${n}: a dataset's mount point, or left empty`);
+      assert.deepEqual(stackAt(path.join(root.mnt, "coco")).map((m) => m.id), before.coco.map((m) => m.id), "the mounts the original will find, as it left them");
     } finally {
       closeSync(job.coco);
       closeSync(job.imagenet);
