@@ -11,7 +11,7 @@ import { Observer, type ObserveRoots, type Snapshot } from "./observe/snapshot.j
 import { statFile } from "./observe/scan.js";
 import { readLoopAt, readLoopDevices, type BackingId } from "./observe/loops.js";
 import { Backoff } from "./plan/backoff.js";
-import type { Action, CopyView } from "./plan/diff.js";
+import { actionDataset, type Action, type CopyView } from "./plan/diff.js";
 import { reconcile, type Memory, type ReconcileInput, type Reconciled } from "./plan/reconcile.js";
 import { Stats } from "./plan/stats.js";
 import { Storage, type StorageView } from "./plan/storage.js";
@@ -25,6 +25,12 @@ import { readBootId, readDatadirMemory, writeDatadirMemory } from "./state/devic
 import { activePins, readPins, updatePins, type Pin } from "./state/pins.js";
 import { takeRequests, writeReply, type Reply } from "./state/requests.js";
 import { planEviction } from "./plan/requests.js";
+import { RECOVERY_ROUNDS, workingDevice, type CacheDeviceCondition } from "./plan/cache-device.js";
+import { CacheProbe } from "./observe/probe.js";
+
+/** The cache probes: a round every so often, of at most so many reads (observe/probe.ts). */
+const PROBE_EVERY_MS = 5000;
+const PROBE_PER_ROUND = 4;
 import { occupiedBytes } from "./plan/policy.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
@@ -61,6 +67,8 @@ export class Daemon {
   private readonly journal: AttachJournal;
   private readonly once = new LogOnce();
   private readonly publisher: Publisher;
+  /** Reads of cached copies that reach the cache device (observe/probe.ts), in the background. */
+  private readonly probe: CacheProbe;
   private stopping = false;
   /** The last report published: what `evict` knows of the datasets. */
   private lastReport?: StatusReport;
@@ -85,7 +93,9 @@ export class Daemon {
       configGeneration: 0,
       ownedDirs: new Set(),
       evicting: new Set(),
+      cacheDevice: workingDevice(this.clock.now()),
     };
+    this.probe = new CacheProbe(this.run, this.clock, { everyMs: PROBE_EVERY_MS, perRound: PROBE_PER_ROUND, timeoutMs: () => this.config.scanTimeout * 1000, lifetime: this.lifetime.signal });
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.peers = new PeerFill(this.config, {
       run: this.run,
@@ -154,6 +164,7 @@ export class Daemon {
     const input = await this.observe(config);
     const out = reconcile(input, this.memory, config, input.observation.now);
     this.memory = out.memory;
+    if (out.cacheDeviceChanged) this.logCacheDevice(out.cacheDeviceChanged.after);
     await this.noteStorage(out.storage);
     if (out.notices) tellNotices(this.logger, this.once, out.notices);
     let report = out.report;
@@ -162,6 +173,9 @@ export class Daemon {
       const copies = this.copyViews();
       report = afterActing(report, { copies, counters: this.transfers.counters, usedBytes: occupiedBytes(out.snapshot, copies), unmountedSlow, backoff: this.memory.backoff });
     }
+    // Not the copies acted on this tick: a loop device just detached is no evidence against the device.
+    const acted = new Set(out.actions.map(actionDataset));
+    this.probe.kick(out.probeTargets.filter((t) => !acted.has(t.dataset)));
     await this.publish(report, out, started);
     this.lastReport = report;
     if (out.released) {
@@ -203,6 +217,11 @@ export class Daemon {
     return { ok: plan.ok, lines: plan.lines };
   }
 
+  private logCacheDevice(c: CacheDeviceCondition): void {
+    if (c.up) this.logger.info({ dir: "cachedir", path: this.config.cachedir }, `cache device working again (${RECOVERY_ROUNDS} rounds of probes read it); the cache resumes`);
+    else this.logger.warn({ dir: "cachedir", path: this.config.cachedir, reason: c.reason, evidence: c.message }, `cache device failing: ${c.message}; its cache mounts are taken off (new opens read the slow tier; files open on them may fail), no copy is made until it reads again`);
+  }
+
   /** Drop the cache (all: and unmount every mount of ours), then stop: for a rollback or an uninstall. */
   private release(all: boolean): Reply {
     this.memory = { ...this.memory, releasing: { all: all || this.memory.releasing?.all === true } };
@@ -218,7 +237,7 @@ export class Daemon {
     const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal, copying);
     // Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(observation.now);
-    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid };
+    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid, probeRound: this.probe.take() };
   }
 
   /** Act, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off. @returns slow mounts still to do. */
@@ -313,7 +332,9 @@ export class Daemon {
   reconfigure(config: Config): void {
     // datadir keeps the real path the daemon resolved (the file names it as written).
     this.config = { ...config, datadir: this.config.datadir };
-    this.memory = { ...this.memory, configGeneration: this.memory.configGeneration + 1 };
+    // A reload is also how an administrator says the cache device was repaired: trusted again at once.
+    if (!this.memory.cacheDevice.up) this.logCacheDevice(workingDevice(this.clock.now()));
+    this.memory = { ...this.memory, configGeneration: this.memory.configGeneration + 1, cacheDevice: workingDevice(this.clock.now()) };
     // A reload is also how an administrator confirms a disappearance held back (plan/availability.ts).
     if (this.memory.storage.confirm()) this.logger.warn({ dir: "datadir", path: this.config.datadir }, "datadir: the images that vanished are taken as removed at the next scan, as confirmed by the reload");
     this.memory.stats.setPeriod(config.period * 1000);

@@ -27,6 +27,8 @@ import { layerStacks, mountedImages, provisionalImages, relocateDetached, tierOf
 import { budget, occupiedBytes, writableBytes } from "./policy.js";
 import type { Stats } from "./stats.js";
 import type { Storage, StorageView } from "./storage.js";
+import type { ProbeRound, ProbeTarget } from "../observe/probe.js";
+import { assessCacheDevice, type CacheDeviceCondition } from "./cache-device.js";
 
 /** What observing gave this tick, and the state of the copy pool. */
 export interface ReconcileInput {
@@ -39,6 +41,8 @@ export interface ReconcileInput {
   copies: ReadonlyMap<string, CopyView>;
   counters: CopyCounters;
   pid: number;
+  /** The cache probes' last round finished since the previous tick (observe/probe.ts), if any. */
+  probeRound?: ProbeRound;
 }
 
 /** A verified cached copy this node can serve to its peers (fleet/server.ts Holding). */
@@ -59,6 +63,7 @@ export interface QuietPlan {
   until: number;
   /** Names the status file's body, serialized once for the run of quiet ticks. */
   bodyKey: string;
+  probeTargets: ProbeTarget[];
 }
 
 export interface Memory {
@@ -83,6 +88,8 @@ export interface Memory {
   evicting: ReadonlySet<string>;
   /** `scratch_manager release`: drop the cache (all: and every mount of ours), then stop. */
   releasing?: { all: boolean };
+  /** Whether the cache device can be read (plan/cache-device.ts). */
+  cacheDevice: CacheDeviceCondition;
 }
 
 export interface Reconciled {
@@ -102,6 +109,10 @@ export interface Reconciled {
   space?: { budgetBytes: number; ghostBytes: number; usedBytes: number };
   /** A release asked for is done: nothing of the cache (all: nothing of ours) is left; the daemon stops. */
   released?: boolean;
+  /** The cache device's condition changed this tick (to be said once). */
+  cacheDeviceChanged?: { before: CacheDeviceCondition; after: CacheDeviceCondition };
+  /** What the cache probes read next (observe/probe.ts): each cached copy, through its loop device when mounted. */
+  probeTargets: ProbeTarget[];
 }
 
 /** A tick's view after believing, before planning. */
@@ -113,7 +124,10 @@ interface Believed {
   key: () => string;
 }
 
-export function reconcile(input: ReconcileInput, memory: Memory, config: Config, now: number): Reconciled {
+export function reconcile(input: ReconcileInput, given: Memory, config: Config, now: number): Reconciled {
+  const cacheDevice = assessCacheDevice(given.cacheDevice, input.probeRound);
+  const cacheDeviceChanged = cacheDevice.up !== given.cacheDevice.up ? { before: given.cacheDevice, after: cacheDevice } : undefined;
+  const memory = { ...given, cacheDevice };
   const seen = believe(input, memory, config, now);
   const last = memory.quiet !== undefined && memory.quiet.key === seen.key() ? memory.quiet : undefined;
   const catalog = last ? last.catalog : catalogue(seen.snapshot, memory.previous, config, mountedImages(seen.stacks()));
@@ -125,9 +139,21 @@ export function reconcile(input: ReconcileInput, memory: Memory, config: Config,
   const base = { ...memory, datasetFiles, previous, ticks };
   if (last && now < last.until && now - memory.stats.lastAnyReadAt > config.period * 1000) {
     const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: ticks, ms: 0 }, cacheBytesServed: memory.stats.cacheBytesServed, storage: storageOf(memory.storage) };
-    return { actions: [], report, memory: { ...base, quietTicks: memory.quietTicks + 1 }, snapshot: seen.snapshot, storage: seen.view, holdings: last.holdings, quiet: true };
+    return { actions: [], report, memory: { ...base, quietTicks: memory.quietTicks + 1 }, snapshot: seen.snapshot, storage: seen.view, holdings: last.holdings, quiet: true, cacheDeviceChanged, probeTargets: last.probeTargets };
   }
-  return plan(input, seen, catalog, base, config, now);
+  return { ...plan(input, seen, catalog, base, config, now), cacheDeviceChanged };
+}
+
+/** Each valid cached copy: its loop device when it is mounted on top, else the file. */
+function probeTargets(catalog: Catalog, stacks: ReadonlyMap<string, Layer[]>, snapshot: Snapshot): ProbeTarget[] {
+  const out: ProbeTarget[] = [];
+  for (const d of catalog.datasets.values()) {
+    if (d.cache !== "valid") continue;
+    const top = stacks.get(d.mountPoint)?.at(-1);
+    const loop = top?.tier === "cache" ? snapshot.loops.get(top.entry.majorMinor) : undefined;
+    out.push({ dataset: d.name, path: loop ? `/dev/${loop.name}` : d.cachePath, sizeBytes: d.size });
+  }
+  return out;
 }
 
 /** Believe this tick's scans or hold ("unavailable" is never "empty"); the snapshot the plan is made from. */
@@ -158,7 +184,7 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
     snapshot,
     holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
     stacks: () => (stacks ??= layerStacks(snapshot, config)),
-    key: () => (key ??= memory.evicting.size > 0 || memory.releasing ? `busy-${now}` : quietKey(memory.configGeneration, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now)),
+    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(memory.configGeneration, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now)),
   };
 }
 
@@ -191,15 +217,17 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     space: { capacity: space.capacity, budget: space.bytes, ghosts: space.ghosts, occupied, writable: writableBytes(snapshot, copies) - space.keepFree },
   });
   const frozen = backoff.frozen(now);
-  // An eviction or a release asked for by the administrator overrides the policy and the pins.
-  for (const name of memory.releasing ? [...cached] : memory.evicting) {
+  // An eviction or a release asked for by the administrator, or a failing cache device, overrides the policy and the pins.
+  const fallback = !memory.cacheDevice.up;
+  for (const name of memory.releasing || fallback ? [...cached] : memory.evicting) {
     cached.delete(name);
     admitted.delete(name);
   }
   const target = memory.releasing?.all ? { ...catalog, datasets: new Map(), pending: new Set<string>(), pendingFiles: new Set<string>() } : catalog;
   const wanted = diff({ config, catalog: target, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...copies]), frozen: memory.releasing ? new Set() : frozen, admitted, ownedDirs: memory.ownedDirs });
-  // While a directory cannot be believed, only what loses nothing is done (allowedUnder).
-  const actions = applyHolds(wanted.actions, holds);
+  // While a directory cannot be believed, only what loses nothing is done (allowedUnder). While the cache
+  // device fails, its overmounts come off (even if cachedir cannot be listed), and nothing is written to it or deleted.
+  const actions = fallback ? fallBack(wanted.actions, holds) : applyHolds(wanted.actions, holds);
   // Problems found against a listing that cannot be believed would be guesses: reported once it can.
   const problems = holds.datadir ? [] : wanted.problems;
   const report = buildReport({
@@ -217,12 +245,14 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     storage: storageOf(memory.storage),
     ticks: memory.ticks,
     pid: input.pid,
+    cacheDevice: memory.cacheDevice,
   });
   // The verified copies this node can serve.
   const holdings = [...catalog.datasets.values()].filter((d) => d.cache === "valid").map((d) => ({ file: d.imageFile, size: d.size, mtimeMs: d.mtimeMs, path: d.cachePath }));
   // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
   const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && copies.size === 0 && !holds.datadir && !holds.cachedir;
-  const quiet = settled ? { key: seen.key(), catalog, report, holdings, until: nextTimedEvent(memory, config, now, [...catalog.datasets.keys()]), bodyKey: `quiet-${memory.ticks}` } : undefined;
+  const targets = probeTargets(catalog, stacks, snapshot);
+  const quiet = settled ? { key: seen.key(), catalog, report, holdings, until: nextTimedEvent(memory, config, now, [...catalog.datasets.keys()]), bodyKey: `quiet-${memory.ticks}`, probeTargets: targets } : undefined;
   // An eviction is done once the dataset has no cached copy left, mounted or on disk.
   const evicting = new Set([...memory.evicting].filter((name) => {
     const d = catalog.datasets.get(name);
@@ -239,8 +269,16 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     holdings,
     quiet: false,
     notices: { refusals: catalog.refusals, problems, pinProblems },
+    probeTargets: targets,
     space: { budgetBytes: space.bytes, ghostBytes: space.ghosts, usedBytes: occupied },
   };
+}
+
+/** The steps left while the cache device fails: its overmounts taken off, copies cancelled; nothing written to it, mounted from it or deleted. */
+function fallBack(actions: readonly Action[], holds: Holds): Action[] {
+  const allowed = (a: Action) => (a.kind === "unmount" && a.tier === "cache") || a.kind === "cancel-copy";
+  const rest = applyHolds(actions.filter((a) => !allowed(a)), holds).filter((a) => !(a.kind === "delete-file" || a.kind === "start-copy" || (a.kind === "mount" && a.tier === "cache")));
+  return [...actions.filter(allowed), ...rest];
 }
 
 function storageOf(storage: Storage): NonNullable<StatusReport["storage"]> {

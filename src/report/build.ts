@@ -9,6 +9,7 @@ import type { Catalog } from "../plan/catalog.js";
 import type { Layer } from "../plan/layers.js";
 import type { CopyView } from "../plan/diff.js";
 import type { Stats } from "../plan/stats.js";
+import type { CacheDeviceCondition } from "../plan/cache-device.js";
 import { STATUS_VERSION, type DatasetState, type DatasetStatus, type StatusReport } from "./status.js";
 
 /** The copy pool's totals since start (TransferPool.counters). */
@@ -29,6 +30,7 @@ export interface ReportInput {
   storage: NonNullable<StatusReport["storage"]>;
   ticks: number;
   pid: number;
+  cacheDevice: CacheDeviceCondition;
 }
 
 function stateOf(top: Layer | undefined, copy: CopyView | undefined): DatasetState {
@@ -62,7 +64,7 @@ export function buildReport(input: ReportInput): StatusReport {
       status.copy = { doneBytes, totalBytes: copy.size, startedAt: copy.startedAt, bytesPerSecond: doneBytes / Math.max(0.001, (now - copy.startedAt) / 1000) };
       if (copy.from !== undefined) status.copy.from = copy.from;
     }
-    const note = input.backoff.note(d.name, now);
+    const note = input.cacheDevice.up ? input.backoff.note(d.name, now) : `served from the slow tier: the cache device is failing (${input.cacheDevice.message})`;
     if (note !== undefined) status.note = note;
     return status;
   });
@@ -87,6 +89,7 @@ export function buildReport(input: ReportInput): StatusReport {
     tick: { count: input.ticks, ms: 0 },
     problems: input.problems,
     storage: input.storage,
+    cacheDevice: { up: input.cacheDevice.up, reason: input.cacheDevice.reason, message: input.cacheDevice.message, since: input.cacheDevice.since },
   };
 }
 

@@ -89,6 +89,7 @@ export class Metrics {
   private readonly dirUp: Record<DirName, Gauge>;
   private readonly dirLastScan: Record<DirName, Gauge>;
   private readonly dirReason: Gauge<"dir" | "reason">;
+  private readonly cacheDeviceUp: Gauge;
   private readonly problems: Gauge;
   private readonly peerEnabled: Gauge;
   private readonly peerConfigured: Gauge;
@@ -193,6 +194,7 @@ export class Metrics {
       datadir: gauge("datadir_last_scan_timestamp_seconds", "When a scan of the data directory was last believed (Unix time)."),
       cachedir: gauge("cachedir_last_scan_timestamp_seconds", "When a scan of the cache directory was last believed (Unix time)."),
     };
+    this.cacheDeviceUp = gauge("cache_device_up", "1 while reads of the cache device succeed, 0 while it fails (its cache mounts are taken off; jobs read the slow tier).");
     this.dirReason = new Gauge({
       name: `${PREFIX}directory_condition`,
       help: `1 for the current reason of each directory's condition, 0 for the others (${DIR_REASONS.join(", ")}).`,
@@ -248,6 +250,7 @@ export class Metrics {
       for (const reason of DIR_REASONS) this.dirReason.set({ dir: c.dir, reason }, reason === c.reason ? 1 : 0);
     }
     this.problems.set(report.problems.length);
+    this.cacheDeviceUp.set(report.cacheDevice?.up === false ? 0 : 1);
 
     const peers = report.peers;
     this.peerConfigured.set(peers ? 1 : 0);

@@ -87,6 +87,12 @@ export interface StatusReport {
   storage?: { datadir: DirCondition; cachedir: DirCondition };
   /** Peer fill (fleet/), when peer_listen is set. */
   peers?: PeerStatus;
+  /**
+   * Whether the cache device can be read (plan/cache-device.ts): while it
+   * cannot, every dataset is served from the slow tier. Absent in a report of
+   * a daemon from before it was added.
+   */
+  cacheDevice?: { up: boolean; reason: string; message: string; since: number };
   /** While datasets are still being mounted (a first start with thousands of new images): how far. */
   mounting?: { mounted: number; total: number };
 }

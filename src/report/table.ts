@@ -91,6 +91,11 @@ export function storageLines(report: StatusReport): string[] {
     const doing = c.dir === "datadir" ? "serving what is mounted and cached; nothing unmounted, deleted or copied until it is back" : "nothing in the cache deleted, copied or mounted until it is back";
     lines.push(`${c.dir} ${c.path}: UNAVAILABLE since ${since}: ${c.message} [${c.reason}]; ${last}; ${doing}`);
   }
+  const device = report.cacheDevice;
+  if (device && !device.up) {
+    const since = `${formatClock(device.since, report.writtenAt, true)} (${formatAge(report.writtenAt - device.since)})`;
+    lines.push(`cache device FAILING since ${since}: ${device.message} [${device.reason}]; every dataset served from the slow tier, no copy made until it reads again`);
+  }
   return lines;
 }
 

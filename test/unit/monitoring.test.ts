@@ -37,6 +37,7 @@ describe("alerting rules (packaging/prometheus/scratch_manager.rules.yml)", () =
 
   test("the alerts the issue asks for are there", () => {
     assert.deepEqual(rules.map((r) => r.alert).sort(), [
+      "ScratchManagerCacheDeviceFailing",
       "ScratchManagerCacheFilesystemFull",
       "ScratchManagerCacheHoldsUnreadData",
       "ScratchManagerCachedirUnavailable",

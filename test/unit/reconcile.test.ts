@@ -17,13 +17,14 @@ import { Backoff } from "../../src/plan/backoff.js";
 import { reconcile, type Memory, type ReconcileInput } from "../../src/plan/reconcile.js";
 import { Stats } from "../../src/plan/stats.js";
 import { Storage } from "../../src/plan/storage.js";
+import { workingDevice } from "../../src/plan/cache-device.js";
 import { CACHE, DATA, GiB, MNT, MiB, fileEntry, loopDevice, makeConfig, mountEntry } from "./helpers.js";
 
 const config = makeConfig({ interval: 5, period: 60 });
 const T0 = Date.UTC(2030, 0, 1);
 
 function freshMemory(): Memory {
-  return { storage: new Storage(config, T0), stats: new Stats(config.period * 1000), backoff: new Backoff(), datasetFiles: new Set(), ticks: 0, quietTicks: 0, configGeneration: 0, ownedDirs: new Set(), evicting: new Set() };
+  return { storage: new Storage(config, T0), stats: new Stats(config.period * 1000), backoff: new Backoff(), datasetFiles: new Set(), ticks: 0, quietTicks: 0, configGeneration: 0, ownedDirs: new Set(), evicting: new Set(), cacheDevice: workingDevice(T0) };
 }
 
 interface World {
@@ -33,6 +34,11 @@ interface World {
   mounted?: { file: string; read: number }[];
   /** datadir's scan this tick: a listing (generation) or a failure. */
   datadir?: { generation: number } | { failed: string };
+  /** Image files with a cached copy in cachedir, mounted over their slow mount. */
+  cached?: FileEntry[];
+  /** The cached copies are mounted over their slow mounts (default). */
+  cacheMounted?: boolean;
+  probeRound?: ReconcileInput["probeRound"];
 }
 
 function observe(w: World): ReconcileInput {
@@ -44,6 +50,11 @@ function observe(w: World): ReconcileInput {
     loops.set(loop.majorMinor, loop);
     readBytes.set(loop.name, read);
     mounts.push(mountEntry(100 + i, 1, path.join(MNT, file.replace(/\..*/, "")), { majorMinor: loop.majorMinor, source: `/dev/${loop.name}` }));
+  });
+  (w.cacheMounted === false ? [] : (w.cached ?? [])).forEach((entry, i) => {
+    const loop = loopDevice(`loop${50 + i}`, entry.path);
+    loops.set(loop.majorMinor, loop);
+    mounts.push(mountEntry(200 + i, 100, path.join(MNT, entry.file.replace(/\..*/, "")), { majorMinor: loop.majorMinor, source: `/dev/${loop.name}` }));
   });
   const scan = w.datadir ?? { generation: 1 };
   const datadir: ScanView<DataScan> =
@@ -63,12 +74,12 @@ function observe(w: World): ReconcileInput {
   const observation: Observation = {
     now: w.now,
     datadir,
-    cachedir: { kind: "fresh", at: w.now, result: { listing: { dir: { dev: "0:60", ino: 2, mtimeMs: 0, ctimeMs: 0 }, entries: [] }, fs: { totalBytes: 1000 * GiB, freeBytes: 900 * GiB }, generation: 1 } },
+    cachedir: { kind: "fresh", at: w.now, result: { listing: { dir: { dev: "0:60", ino: 2, mtimeMs: 0, ctimeMs: 0 }, entries: w.cached ?? [] }, fs: { totalBytes: 1000 * GiB, freeBytes: 900 * GiB }, generation: 1 } },
     mounts,
     loops,
     readBytes,
   };
-  return { observation, pins: new Map(), copiesAtScan: new Map(), copies: new Map(), counters: { started: 0, finished: 0, failed: 0, cancelled: 0, bytes: 0 }, pid: 42 };
+  return { observation, pins: new Map(), copiesAtScan: new Map(), copies: new Map(), counters: { started: 0, finished: 0, failed: 0, cancelled: 0, bytes: 0 }, pid: 42, probeRound: w.probeRound };
 }
 
 const alpha = fileEntry(DATA, "alpha.sqfs", { size: 10 * MiB, mtimeMs: T0 - 3600_000, ino: 7 });
@@ -164,4 +175,32 @@ test("the same observations give the same actions and reports (no hidden clock o
   // Read hard enough, the policy wants it cached: a copy is started.
   assert.ok(a.at(-1)?.actions.some((x) => x.kind === "start-copy"), JSON.stringify(a.at(-1)?.actions.map((x) => x.kind)));
   assert.equal(CACHE, config.cachedir);
+});
+
+test("the cache device failing: the cache overmount comes off, the copy is kept, nothing is copied; the report says so; back after clean probes", () => {
+  const copy = fileEntry(CACHE, "alpha.sqfs", { size: alpha.size, mtimeMs: alpha.mtimeMs, ino: 70 });
+  const mounted = [{ file: "alpha.sqfs", read: 0 }];
+  const target = { dataset: "alpha", path: "/dev/loop50", sizeBytes: alpha.size };
+  const eio = { at: T0 + 5000, results: [{ target, ok: false as const, code: "EIO", message: "/dev/loop50: Input/output error", timedOut: false }] };
+  const clean = (at: number) => ({ at, results: [{ target, ok: true as const }] });
+  const outs = run([
+    { now: T0, images: [alpha], mounted, cached: [copy] },
+    { now: T0 + 5000, images: [alpha], mounted, cached: [copy], probeRound: eio },
+  ]);
+  const [first, failing] = outs;
+  assert.ok(first && failing);
+  assert.deepEqual(first.probeTargets, [target], "the probes read the copy through its mounted loop device");
+  assert.deepEqual(failing.actions.map((a) => a.kind + (a.kind === "unmount" ? `:${a.tier}` : "")), ["unmount:cache"], "only the overmount comes off: the copy is not deleted, the slow mount stays");
+  assert.equal(failing.cacheDeviceChanged?.after.up, false);
+  assert.equal(failing.report.cacheDevice?.reason, "CacheDeviceFailing");
+  assert.match(failing.report.datasets[0]?.note ?? "", /^served from the slow tier: the cache device is failing \(probe read of \/dev\/loop50: Input\/output error \(EIO\)\)$/);
+  // The overmount is gone; the device still fails a while, then reads for three rounds: cached again.
+  let memory = failing.memory;
+  const step = (w: World) => {
+    const out = reconcile(observe(w), memory, config, w.now);
+    memory = out.memory;
+    return out;
+  };
+  const kinds = [10_000, 15_000, 20_000].map((dt) => step({ now: T0 + dt, images: [alpha], mounted, cached: [copy], cacheMounted: false, probeRound: clean(T0 + dt) }).actions.map((a) => a.kind + (a.kind === "mount" ? `:${a.tier}` : "")));
+  assert.deepEqual(kinds, [[], [], ["mount:cache"]], "nothing copied while failing; the copy mounted again once it reads");
 });
