@@ -4,11 +4,11 @@
  * the cache and does it within its rules; refused, clearly, when no daemon runs.
  */
 import { randomBytes } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { configuredDir, DEFAULT_CONFIG_PATH, readConfigFile } from "../config.js";
 import { errnoCode, errorMessage, UsageError } from "../errors.js";
 import { systemClock } from "../lib/clock.js";
 import { validName } from "../names.js";
+import { readMountinfo } from "../observe/mountinfo.js";
 import { processAlive, readStatusFile } from "../report/status-file.js";
 import type { StatusReport } from "../report/status.js";
 import { takeReply, writeRequest, type Reply, type Request } from "../state/requests.js";
@@ -85,11 +85,7 @@ export async function evictCommand(names: string[], flags: EvictFlags): Promise<
 
 /** Mounts of loop devices under `mountdir`, from this process's mount table. */
 async function loopMountsUnder(mountdir: string): Promise<number> {
-  const text = await readFile("/proc/self/mountinfo", "utf8");
-  return text.split("\n").filter((l) => {
-    const f = l.split(" ");
-    return (f[4] ?? "").startsWith(`${mountdir}/`) && /^\/dev\/loop\d+$/.test(f[f.indexOf("-") + 2] ?? "");
-  }).length;
+  return (await readMountinfo()).filter((m) => m.mountPoint.startsWith(`${mountdir}/`) && /^\/dev\/loop\d+$/.test(m.source)).length;
 }
 
 /**
