@@ -26,11 +26,31 @@ import { activePins, readPins, updatePins, type Pin } from "./state/pins.js";
 import { takeRequests, writeReply, type Reply } from "./state/requests.js";
 import { planEviction } from "./plan/requests.js";
 import { RECOVERY_ROUNDS, workingDevice, type CacheDeviceCondition } from "./plan/cache-device.js";
-import { CacheProbe } from "./observe/probe.js";
+import { LayerProbe } from "./observe/probe.js";
+import { DeviceHealthWatch, readCacheDeviceHealth, type CacheDeviceHealth } from "./observe/device-health.js";
+import { noDeadLayers, type DeadLayer } from "./plan/slow-layers.js";
 
 /** The cache probes: a round every so often, of at most so many reads (observe/probe.ts). */
 const PROBE_EVERY_MS = 5000;
 const PROBE_PER_ROUND = 4;
+/**
+ * Slow layers read a round (about 5 operations on the file server each: at
+ * 1,000 nodes, 1,000 a second). One is enough to see a stall within
+ * scan_timeout, and a reconnect that killed every handle: the first dead one
+ * found makes the others suspect.
+ */
+const PROBE_SLOW_PER_ROUND = 1;
+/** A probe round every 5 s, or every half scan_timeout if that is shorter (see LayerProbe's deadline). */
+function probeEveryMs(config: Pick<Config, "scanTimeout">): number {
+  return Math.min(PROBE_EVERY_MS, (config.scanTimeout * 1000) / 2);
+}
+/** Suspect slow layers read a round on top (a file system that reconnected: all its layers), and reads at once. */
+const PROBE_URGENT_PER_ROUND = 32;
+const PROBE_CONCURRENCY = 4;
+/** The cache device's identity and SMART verdict (systeminformation): read this often, and given this long. */
+const HEALTH_EVERY_MS = 3600_000;
+const HEALTH_TIMEOUT_MS = 120_000;
+const HEALTH_FIRST_AFTER_MS = 600_000;
 import { occupiedBytes } from "./plan/policy.js";
 import { systemClock, type Clock } from "./lib/clock.js";
 
@@ -68,7 +88,9 @@ export class Daemon {
   private readonly once = new LogOnce();
   private readonly publisher: Publisher;
   /** Reads of cached copies that reach the cache device (observe/probe.ts), in the background. */
-  private readonly probe: CacheProbe;
+  private readonly probe: LayerProbe;
+  /** The cache device's health, read rarely in the background (observe/device-health.ts). */
+  private readonly health: DeviceHealthWatch;
   private stopping = false;
   /** The last report published: what `evict` knows of the datasets. */
   private lastReport?: StatusReport;
@@ -94,8 +116,22 @@ export class Daemon {
       ownedDirs: new Set(),
       evicting: new Set(),
       cacheDevice: workingDevice(this.clock.now()),
+      slowLayers: noDeadLayers,
     };
-    this.probe = new CacheProbe(this.run, this.clock, { everyMs: PROBE_EVERY_MS, perRound: PROBE_PER_ROUND, timeoutMs: () => this.config.scanTimeout * 1000, lifetime: this.lifetime.signal });
+    this.health = new DeviceHealthWatch(this.clock, HEALTH_EVERY_MS, HEALTH_FIRST_AFTER_MS, (mount) => readCacheDeviceHealth(mount, HEALTH_TIMEOUT_MS));
+    this.probe = new LayerProbe(this.run, this.clock, {
+      // A stalled server is seen by the reads of its images within scan_timeout: a round at least every half of it, each read given the rest.
+      everyMs: () => probeEveryMs(this.config),
+      perRound: PROBE_PER_ROUND,
+      slowPerRound: PROBE_SLOW_PER_ROUND,
+      urgentPerRound: PROBE_URGENT_PER_ROUND,
+      concurrency: PROBE_CONCURRENCY,
+      timeoutMs: () => this.config.scanTimeout * 1000 - probeEveryMs(this.config),
+      lifetime: this.lifetime.signal,
+      sysRoot: this.roots.sys,
+      // The probes' reads are not jobs' reads: taken off the devices' read counters.
+      onLoopRead: (device, bytes, failed) => this.observer.probeRead(device, bytes, failed),
+    });
     this.journal = new AttachJournal(this.config.runtimeDir);
     this.peers = new PeerFill(this.config, {
       run: this.run,
@@ -164,7 +200,8 @@ export class Daemon {
     const input = await this.observe(config);
     const out = reconcile(input, this.memory, config, input.observation.now);
     this.memory = out.memory;
-    if (out.cacheDeviceChanged) this.logCacheDevice(out.cacheDeviceChanged.after);
+    if (out.cacheDeviceChanged) this.logCacheDevice(out.cacheDeviceChanged.after, out.cacheDeviceChanged.before);
+    for (const dead of out.deadLayers) this.logDeadLayer(dead);
     await this.noteStorage(out.storage);
     if (out.notices) tellNotices(this.logger, this.once, out.notices);
     let report = out.report;
@@ -175,7 +212,11 @@ export class Daemon {
     }
     // Not the copies acted on this tick: a loop device just detached is no evidence against the device.
     const acted = new Set(out.actions.map(actionDataset));
+    this.probe.changed([...acted].filter((name): name is string => name !== undefined));
     this.probe.kick(out.probeTargets.filter((t) => !acted.has(t.dataset)));
+    this.health.kick(input.observation.cacheMount, (health, previous) => this.logHealth(health, previous));
+    const health = this.health.current;
+    if (health && report.cacheDevice) report = { ...report, cacheDevice: { ...report.cacheDevice, health: { device: health.device, disk: health.disk, model: health.model, smart: health.smart, message: health.message } } };
     await this.publish(report, out, started);
     this.lastReport = report;
     if (out.released) {
@@ -217,8 +258,22 @@ export class Daemon {
     return { ok: plan.ok, lines: plan.lines };
   }
 
-  private logCacheDevice(c: CacheDeviceCondition): void {
-    if (c.up) this.logger.info({ dir: "cachedir", path: this.config.cachedir }, `cache device working again (${RECOVERY_ROUNDS} rounds of probes read it); the cache resumes`);
+  private logDeadLayer(dead: DeadLayer): void {
+    this.logger.warn({ dataset: dead.dataset, device: dead.device, mountId: dead.mountId, evidence: dead.evidence }, `slow layer of ${dead.dataset} is dead: ${dead.evidence}; it is attached again from datadir (files open on the dead layer cannot be saved)`);
+  }
+
+  private logHealth(health: CacheDeviceHealth, previous: CacheDeviceHealth | undefined): void {
+    const fields = { dir: "cachedir", device: health.device, disk: health.disk, model: health.model, serial: health.serial, smart: health.smart };
+    if (health.smart === "predicted-failure") this.logger.warn(fields, `cache device predicted to fail (SMART): ${health.message}; replace it before it fails (the cache falls back to the slow tier when it does)`);
+    else if (previous?.smart === "predicted-failure") this.logger.info(fields, `cache device no longer predicted to fail: ${health.message}`);
+    else this.logger.info(fields, `cache device: ${health.message}`);
+  }
+
+  private logCacheDevice(c: CacheDeviceCondition, before: CacheDeviceCondition): void {
+    const dir = { dir: "cachedir", path: this.config.cachedir };
+    if (c.reason === "ReadOnly") this.logger.warn({ ...dir, reason: c.reason, evidence: c.message }, `cache file system read-only: ${c.message}; the cached copies stay served, nothing is copied or deleted until it is writable`);
+    else if (c.up && before.reason === "ReadOnly") this.logger.info(dir, "cache file system writable again; the cache resumes");
+    else if (c.up) this.logger.info(dir, `cache device working again (${RECOVERY_ROUNDS} rounds of probes read it); the cache resumes`);
     else this.logger.warn({ dir: "cachedir", path: this.config.cachedir, reason: c.reason, evidence: c.message }, `cache device failing: ${c.message}; its cache mounts are taken off (new opens read the slow tier; files open on them may fail), no copy is made until it reads again`);
   }
 
@@ -234,10 +289,15 @@ export class Daemon {
     // A copy that finishes after the scan of cachedir and before the diff is in neither: it would be started again.
     const copiesAtScan = this.copyViews();
     const copying = [...copiesAtScan.values()].some((t) => t.state === "running");
+    const probeRound = this.probe.take();
+    if (probeRound) {
+      const failed = probeRound.results.flatMap((r) => (r.ok ? [] : [`${r.target.tier} ${r.target.dataset}: ${r.message} (${r.code})`]));
+      this.logger.debug({ reads: probeRound.results.length, failed }, "probe round");
+    }
     const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal, copying);
     // Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(observation.now);
-    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid, probeRound: this.probe.take() };
+    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid, probeRound };
   }
 
   /** Act, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off. @returns slow mounts still to do. */
@@ -333,7 +393,7 @@ export class Daemon {
     // datadir keeps the real path the daemon resolved (the file names it as written).
     this.config = { ...config, datadir: this.config.datadir };
     // A reload is also how an administrator says the cache device was repaired: trusted again at once.
-    if (!this.memory.cacheDevice.up) this.logCacheDevice(workingDevice(this.clock.now()));
+    if (!this.memory.cacheDevice.up) this.logCacheDevice(workingDevice(this.clock.now()), this.memory.cacheDevice);
     this.memory = { ...this.memory, configGeneration: this.memory.configGeneration + 1, cacheDevice: workingDevice(this.clock.now()) };
     // A reload is also how an administrator confirms a disappearance held back (plan/availability.ts).
     if (this.memory.storage.confirm()) this.logger.warn({ dir: "datadir", path: this.config.datadir }, "datadir: the images that vanished are taken as removed at the next scan, as confirmed by the reload");

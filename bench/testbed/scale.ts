@@ -46,6 +46,8 @@ export const SCALE = {
   ticks: 40,
   /** The daemon before the change gets this long to mount everything (quadratic: 10,000 would take tens of minutes). */
   beforeMountCapS: Number(process.env.SM_SCALE_BEFORE_CAP ?? 240),
+  /** SM_SCALE_CACHED=1: every dataset pinned, so cached (each its copy and cache mount): the probes' cost at that many cached datasets (issue 20). */
+  cached: process.env.SM_SCALE_CACHED === "1",
 } as const;
 
 /** The build to compare with (SM_SCALE_BEFORE=/path/to/build/src/cli.js), if any. */
@@ -166,6 +168,7 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
   await writeFile(path.join(bin, "systemd-notify"), `#!/bin/sh\necho "$(date +%s%3N) $*" >> ${notify}\n`, { mode: 0o755 });
   // The before-daemon knows none of the new keys.
   const keys: Record<string, string> = { capacity: "1GB", interval: String(SCALE.mountIntervalS), period: String(SCALE.periodS), command_timeout: "120" };
+  if (SCALE.cached) keys.pin = Array.from({ length: n }, (_, i) => `s${String(i).padStart(5, "0")}`).join(",");
   const started = Date.now();
   const daemon = await Daemon.start(bed, dirs, keys, `scale-${which}-${n}`, {
     cli,
@@ -176,8 +179,10 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
   const pid = daemon.pid;
   if (pid === undefined) throw new Error("scale: the daemon has no pid");
   const mountedAt: number[] = [];
+  let cachedMounts = 0;
   daemon.onEvent((e) => {
     if (e.msg === "mounted image") mountedAt.push(e.t);
+    if (e.msg === "mounted cached copy") cachedMounts++;
   });
   try {
     const report = setInterval(() => progress(`  ${which}: ${mountedAt.length} of ${n} mounted`), 15_000);
@@ -200,6 +205,10 @@ async function measure(bed: Bed, root: string, n: number, which: "before" | "aft
     if (mounted < n) {
       progress(`  ${which}: ${mounted} of ${n} mounted after ${SCALE.beforeMountCapS} s; the idle figures are not measured`);
       return run0;
+    }
+    if (SCALE.cached) {
+      await daemon.waitFor(() => cachedMounts >= n, 900_000, `${n} cached copies mounted`);
+      progress(`  ${which}: ${n} cached`);
     }
     progress(`  ${which}: ${n} mounted in ${fixed(mountS, 1)} s; interval ${SCALE.intervalS} s, filling the windows (${SCALE.periodS} s)`);
     await daemon.reload({ interval: String(SCALE.intervalS) });

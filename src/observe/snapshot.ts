@@ -15,6 +15,12 @@ export interface FsUsage {
   freeBytes: number;
 }
 
+/** The file system holding cachedir mounted read-only (mountinfo): an administrator's remount, or the kernel's after an error (ext4 errors=remount-ro). */
+export interface ReadOnlyCache {
+  mountPoint: string;
+  source: string;
+}
+
 /** Everything one tick knows about the machine. Plain data: plan and diff read nothing else. */
 export interface Snapshot {
   /** Milliseconds, from the injected clock. */
@@ -67,6 +73,10 @@ export interface Observation {
    * (plan/availability.ts, AssessInput.mountPoint).
    */
   datadirMountDev?: string | null;
+  /** The file system holding cachedir, when it is mounted read-only (plan/cache-device.ts). */
+  cacheReadOnly?: ReadOnlyCache;
+  /** The mount holding cachedir (its device's health is read from it: observe/device-health.ts). */
+  cacheMount?: MountEntry;
 }
 
 export interface ObserveRoots {
@@ -92,7 +102,9 @@ export class Observer {
   private unmountedLoops = new Set<string>();
   private lastLoopScan = -Infinity;
   /** Each loop device's last sampled read counter (see readCounters). */
-  private counters = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
+  private counters = new Map<string, Counter>();
+  /** Bytes the probes are reading or have read from each loop device (by name), not yet taken off its counter (see probeRead). */
+  private probeReads = new Map<string, number>();
   /** Listings of datadir and of cachedir made so far: a new one may list something new (the daemon's quiet ticks). */
   dataListings = 0;
   cacheListings = 0;
@@ -138,7 +150,9 @@ export class Observer {
     const datadirMountDev = real === undefined ? undefined : (allMounts.filter((m) => m.mountPoint === real).at(-1)?.majorMinor ?? null);
     const loops = new Map(loopList.map((l) => [l.majorMinor, l]));
     await this.identifyBacking(mounts, loops, timeoutMs);
-    return { now: this.clock.now(), datadir, cachedir, mounts, loops, readBytes, datadirMountDev };
+    const cacheMount = mountHolding(allMounts, config.cachedir);
+    const cacheReadOnly = cacheMount && cacheMount.options.split(",").includes("ro") ? { mountPoint: cacheMount.mountPoint, source: cacheMount.source } : undefined;
+    return { now: this.clock.now(), datadir, cachedir, mounts, loops, readBytes, datadirMountDev, cacheReadOnly, cacheMount };
   }
 
   /**
@@ -215,14 +229,23 @@ export class Observer {
   private readCounters(loops: readonly LoopDevice[], intervalS: number): ReadCounters {
     const now = this.clock.now();
     const out: ReadCounters = new Map();
-    const next = new Map<string, { bytes: number; sampledAt: number; movedAt: number }>();
+    const next = new Map<string, Counter>();
     const idle: LoopDevice[] = [];
     const sample = (loop: LoopDevice) => {
       const last = this.counters.get(loop.name);
-      const bytes = readLoopCounter(this.roots.sys, loop.name);
-      if (bytes === undefined) return;
+      const raw = readLoopCounter(this.roots.sys, loop.name);
+      if (raw === undefined) return;
+      // A counter that went back is a device attached again (a first sample is the baseline): nothing to take off.
+      const same = last !== undefined && raw >= last.raw;
+      const pending = this.probeReads.get(loop.name) ?? 0;
+      // The probes' reads are taken off as the kernel counts them: never more than the counter moved.
+      const taken = same ? Math.min(pending, raw - last.raw) : 0;
+      if (same && pending - taken > 0) this.probeReads.set(loop.name, pending - taken);
+      else this.probeReads.delete(loop.name);
+      const excluded = (same ? last.excluded : 0) + taken;
+      const bytes = raw - excluded;
       out.set(loop.name, bytes);
-      next.set(loop.name, { bytes, sampledAt: now, movedAt: last && last.bytes === bytes ? last.movedAt : last ? now : -Infinity });
+      next.set(loop.name, { bytes, raw, excluded, sampledAt: now, movedAt: last && last.bytes === bytes ? last.movedAt : last ? now : -Infinity });
     };
     for (const loop of loops) {
       const last = this.counters.get(loop.name);
@@ -234,10 +257,23 @@ export class Observer {
     idle.sort((a, b) => (this.counters.get(a.name)?.sampledAt ?? 0) - (this.counters.get(b.name)?.sampledAt ?? 0));
     idle.forEach((loop, i) => {
       if (i < budget) sample(loop);
-      else next.set(loop.name, this.counters.get(loop.name) as { bytes: number; sampledAt: number; movedAt: number });
+      else next.set(loop.name, this.counters.get(loop.name) as Counter);
     });
     this.counters = next;
     return out;
+  }
+
+  /**
+   * A probe's read of a loop device (observe/probe.ts), told before it
+   * starts (failed: after it failed, most likely not counted): taken off the
+   * device's read counter as the kernel counts it, so that a probe is not a
+   * job's read. Counted, it would make an unread dataset look read (and
+   * cached if it fits) and keep every tick from being quiet.
+   */
+  probeRead(device: string, bytes: number, failed: boolean): void {
+    const pending = (this.probeReads.get(device) ?? 0) + (failed ? -bytes : bytes);
+    if (pending > 0) this.probeReads.set(device, pending);
+    else this.probeReads.delete(device);
   }
 
   /**
@@ -394,6 +430,30 @@ export function unchanged(last: Listing, dir: DirStat, listedAt: number, now: nu
   // An image written shortly before the listing may still be growing: listed each tick until it has settled.
   const settledBefore = listedAt - MTIME_SLACK_MS - config.interval * 1000;
   return last.entries.every((e) => e.file.startsWith(".") || e.mtimeMs < settledBefore);
+}
+
+/**
+ * The mount a path is on: the top mount of the longest mount point that is
+ * the path or one of its parents (mountinfo lists mounts in creation order,
+ * so the last at a mount point is on top). Pure.
+ */
+export function mountHolding(mounts: readonly MountEntry[], dir: string): MountEntry | undefined {
+  let best: MountEntry | undefined;
+  for (const m of mounts) {
+    const under = m.mountPoint === "/" || dir === m.mountPoint || dir.startsWith(`${m.mountPoint}/`);
+    if (under && (!best || m.mountPoint.length >= best.mountPoint.length)) best = m;
+  }
+  return best;
+}
+
+/** A loop device's read counter as sampled: as the daemon counts it (`bytes`, less the probes' reads), as the kernel does (`raw`). */
+interface Counter {
+  bytes: number;
+  raw: number;
+  /** The probes' reads taken off so far. */
+  excluded: number;
+  sampledAt: number;
+  movedAt: number;
 }
 
 /** A device whose counter moved within this long is sampled every tick (Observer.readCounters). */

@@ -7,6 +7,7 @@
  * the slow tier beneath. Pure.
  */
 import type { ProbeRound } from "../observe/probe.js";
+import type { ReadOnlyCache } from "../observe/snapshot.js";
 
 /**
  * Errors of a device, not of a slow one. Not ENXIO: a loop device detached
@@ -18,9 +19,14 @@ const DEVICE_ERRORS = new Set(["EIO", "ENODEV", "EBADMSG", "EUCLEAN", "EREMOTEIO
 export const RECOVERY_ROUNDS = 3;
 
 export interface CacheDeviceCondition {
+  /** Reads of the cache device succeed (true also while it is ReadOnly: its copies are still served). */
   up: boolean;
-  /** "Working", or "CacheDeviceFailing" (a probe's read of it failed with a device error). */
-  reason: "Working" | "CacheDeviceFailing";
+  /**
+   * "Working"; "CacheDeviceFailing" (a probe's read of it failed with a
+   * device error: its overmounts come off); "ReadOnly" (its file system
+   * cannot be written: the copies stay served, nothing is copied or deleted).
+   */
+  reason: "Working" | "CacheDeviceFailing" | "ReadOnly";
   /** The evidence: which copy or device, and which error. */
   message: string;
   /** When `up` last changed (ms since the epoch). */
@@ -33,16 +39,24 @@ export function workingDevice(now: number): CacheDeviceCondition {
   return { up: true, reason: "Working", message: "", since: now, cleanRounds: 0 };
 }
 
-/** The condition after a round of probes (none: unchanged). */
-export function assessCacheDevice(previous: CacheDeviceCondition, round: ProbeRound | undefined): CacheDeviceCondition {
+/** The condition after a round of probes (none: unchanged), and with cachedir's file system read-only or not. */
+export function assessCacheDevice(previous: CacheDeviceCondition, round: ProbeRound | undefined, readOnly?: ReadOnlyCache, now = round?.at ?? previous.since): CacheDeviceCondition {
+  const probed = assessProbes(previous, round);
+  if (!probed.up) return probed;
+  if (readOnly) return probed.reason === "ReadOnly" ? probed : { up: true, reason: "ReadOnly", message: `${readOnly.source} is mounted read-only at ${readOnly.mountPoint}`, since: now, cleanRounds: 0 };
+  return probed.reason === "ReadOnly" ? workingDevice(now) : probed;
+}
+
+function assessProbes(previous: CacheDeviceCondition, round: ProbeRound | undefined): CacheDeviceCondition {
   if (!round) return previous;
-  const failed = round.results.find((r) => !r.ok && DEVICE_ERRORS.has(r.code));
+  const results = round.results.filter((r) => r.target.tier === "cache");
+  const failed = results.find((r) => !r.ok && DEVICE_ERRORS.has(r.code));
   if (failed && !failed.ok) {
     return previous.up ? { up: false, reason: "CacheDeviceFailing", message: `probe read of ${failed.message} (${failed.code})`, since: round.at, cleanRounds: 0 } : { ...previous, cleanRounds: 0 };
   }
   if (previous.up) return previous;
   // A timeout is no evidence either way (a slow device is NotResponding's).
-  const clean = round.results.length > 0 && round.results.every((r) => r.ok);
+  const clean = results.length > 0 && results.every((r) => r.ok);
   if (!clean) return previous;
   const cleanRounds = previous.cleanRounds + 1;
   return cleanRounds >= RECOVERY_ROUNDS ? workingDevice(round.at) : { ...previous, cleanRounds };

@@ -92,9 +92,12 @@ function stackActions(d: Dataset, stack: readonly Layer[], wantCache: boolean): 
   if (wantCache && d.cache === "valid") wanted.push({ tier: "cache", source: d.cachePath });
   let keep = 0;
   while (keep < stack.length && keep < wanted.length && matches(stack[keep] as Layer, wanted[keep] as WantedLayer)) keep++;
+  // A dead slow layer (plan/slow-layers.ts) stays only while a right layer covers it: it serves no open then.
+  const dead = stack.findIndex((l, j) => j < keep && l.dead === true && j + 1 >= keep);
+  if (dead >= 0) keep = dead;
   for (let j = stack.length - 1; j >= keep; j--) {
     const layer = stack[j] as Layer;
-    const reason = layer.deleted ? "backing file deleted or replaced" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
+    const reason = layer.deleted ? "backing file deleted or replaced" : layer.dead ? "its reads fail while its image in datadir reads (a dead file handle): attached again" : layer.tier === "cache" && d.cache === "stale" ? "stale cached copy" : layer.tier === "cache" ? "dropped from cache" : "replaced";
     actions.push({ kind: "unmount", key, dataset: d.name, tier: layer.tier, target: key, mountId: layer.mountId, device: layer.entry.majorMinor, reason });
   }
   if (stack.length === 0) actions.push({ kind: "mkdir", key, dataset: d.name, path: key });

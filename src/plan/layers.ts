@@ -12,6 +12,8 @@ export interface Layer {
   tier: "slow" | "cache" | "foreign";
   backingFile?: string;
   deleted: boolean;
+  /** A slow layer whose reads fail while its image in datadir reads (plan/slow-layers.ts): attached again. */
+  dead?: boolean;
   entry: MountEntry;
 }
 
@@ -64,13 +66,16 @@ export function classify(entry: MountEntry, snapshot: Snapshot, config: Config, 
 }
 
 /** Mount point -> its stack of layers, bottom first, for every mount point directly under mountdir. */
-export function layerStacks(snapshot: Snapshot, config: Config): Map<string, Layer[]> {
+export function layerStacks(snapshot: Snapshot, config: Config, dead: ReadonlySet<string> = new Set()): Map<string, Layer[]> {
   const layers = new Map<string, Layer[]>();
   const images = new Map(snapshot.images.map((e) => [e.file, e]));
   for (const [mountPoint, stack] of stacks(snapshot.mounts)) {
     layers.set(
       mountPoint,
-      stack.map((e) => classify(e, snapshot, config, images)),
+      stack.map((e) => {
+        const layer = classify(e, snapshot, config, images);
+        return layer.tier === "slow" && dead.has(`${e.majorMinor}@${e.mountId}`) ? { ...layer, dead: true } : layer;
+      }),
     );
   }
   return layers;

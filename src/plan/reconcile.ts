@@ -29,6 +29,7 @@ import type { Stats } from "./stats.js";
 import type { Storage, StorageView } from "./storage.js";
 import type { ProbeRound, ProbeTarget } from "../observe/probe.js";
 import { assessCacheDevice, type CacheDeviceCondition } from "./cache-device.js";
+import { assessSlowLayers, layerId, stalledRead, suspectAll, suspectSince, type DeadLayer, type SlowLayers } from "./slow-layers.js";
 
 /** What observing gave this tick, and the state of the copy pool. */
 export interface ReconcileInput {
@@ -90,6 +91,10 @@ export interface Memory {
   releasing?: { all: boolean };
   /** Whether the cache device can be read (plan/cache-device.ts). */
   cacheDevice: CacheDeviceCondition;
+  /** Slow layers found dead, and the file systems whose layers are suspect (plan/slow-layers.ts). */
+  slowLayers: SlowLayers;
+  /** The probes' reads of images in datadir do not finish (plan/slow-layers.ts, stalledRead): datadir is not answering. */
+  datadirStall?: string;
 }
 
 export interface Reconciled {
@@ -111,8 +116,10 @@ export interface Reconciled {
   released?: boolean;
   /** The cache device's condition changed this tick (to be said once). */
   cacheDeviceChanged?: { before: CacheDeviceCondition; after: CacheDeviceCondition };
-  /** What the cache probes read next (observe/probe.ts): each cached copy, through its loop device when mounted. */
+  /** What the probes read next (observe/probe.ts): each cached copy, through its loop device when mounted, and each slow layer. */
   probeTargets: ProbeTarget[];
+  /** Slow layers found dead this tick (to be said once each). */
+  deadLayers: DeadLayer[];
 }
 
 /** A tick's view after believing, before planning. */
@@ -125,10 +132,15 @@ interface Believed {
 }
 
 export function reconcile(input: ReconcileInput, given: Memory, config: Config, now: number): Reconciled {
-  const cacheDevice = assessCacheDevice(given.cacheDevice, input.probeRound);
-  const cacheDeviceChanged = cacheDevice.up !== given.cacheDevice.up ? { before: given.cacheDevice, after: cacheDevice } : undefined;
-  const memory = { ...given, cacheDevice };
-  const seen = believe(input, memory, config, now);
+  const cacheDevice = assessCacheDevice(given.cacheDevice, input.probeRound, input.observation.cacheReadOnly, now);
+  const cacheDeviceChanged = cacheDevice.reason !== given.cacheDevice.reason ? { before: given.cacheDevice, after: cacheDevice } : undefined;
+  const live = new Set(input.observation.mounts.map((m) => layerId(m.majorMinor, m.mountId)));
+  const { layers: probed, found: deadLayers } = assessSlowLayers(given.slowLayers, input.probeRound, live, now);
+  const datadirStall = stalledRead(given.datadirStall, input.probeRound);
+  const memory = { ...given, cacheDevice, slowLayers: probed, datadirStall };
+  const seen = believe(datadirStall === undefined ? input : withStall(input, datadirStall), memory, config, now);
+  // datadir back, or on another file system: every slow layer's handle is suspect.
+  if (seen.view.changed.some(({ before, after }) => after.dir === "datadir" && after.available && before.reason !== "Starting") || seen.view.datadirMoved === true) memory.slowLayers = suspectAll(probed, now);
   const last = memory.quiet !== undefined && memory.quiet.key === seen.key() ? memory.quiet : undefined;
   const catalog = last ? last.catalog : catalogue(seen.snapshot, memory.previous, config, mountedImages(seen.stacks()));
   const datasetFiles = seen.view.dataFresh ? new Set([...catalog.datasets.values()].map((d) => d.imageFile)) : memory.datasetFiles;
@@ -139,21 +151,43 @@ export function reconcile(input: ReconcileInput, given: Memory, config: Config, 
   const base = { ...memory, datasetFiles, previous, ticks };
   if (last && now < last.until && now - memory.stats.lastAnyReadAt > config.period * 1000) {
     const report: StatusReport = { ...last.report, writtenAt: now, tick: { count: ticks, ms: 0 }, cacheBytesServed: memory.stats.cacheBytesServed, storage: storageOf(memory.storage) };
-    return { actions: [], report, memory: { ...base, quietTicks: memory.quietTicks + 1 }, snapshot: seen.snapshot, storage: seen.view, holdings: last.holdings, quiet: true, cacheDeviceChanged, probeTargets: last.probeTargets };
+    return { actions: [], report, memory: { ...base, quietTicks: memory.quietTicks + 1 }, snapshot: seen.snapshot, storage: seen.view, holdings: last.holdings, quiet: true, cacheDeviceChanged, probeTargets: last.probeTargets, deadLayers };
   }
-  return { ...plan(input, seen, catalog, base, config, now), cacheDeviceChanged };
+  return { ...plan(input, seen, catalog, base, config, now), cacheDeviceChanged, deadLayers };
 }
 
-/** Each valid cached copy: its loop device when it is mounted on top, else the file. */
-function probeTargets(catalog: Catalog, stacks: ReadonlyMap<string, Layer[]>, snapshot: Snapshot): ProbeTarget[] {
+/**
+ * Each valid cached copy: its loop device when it is mounted on top, else
+ * the file; and each slow layer of ours not known dead (the image it was
+ * attached from, and its loop device).
+ */
+function probeTargets(catalog: Catalog, stacks: ReadonlyMap<string, Layer[]>, snapshot: Snapshot, slowLayers: SlowLayers): ProbeTarget[] {
   const out: ProbeTarget[] = [];
   for (const d of catalog.datasets.values()) {
+    const stack = stacks.get(d.mountPoint);
+    const bottom = stack?.[0];
+    const slowLoop = bottom?.tier === "slow" && !bottom.dead && !bottom.deleted && bottom.backingFile === d.imagePath ? snapshot.loops.get(bottom.entry.majorMinor) : undefined;
+    if (bottom && slowLoop) {
+      const backingDev = slowLoop.backing?.dev;
+      out.push({ tier: "slow", dataset: d.name, path: `/dev/${slowLoop.name}`, sizeBytes: slowLoop.sizeBytes || d.size, image: d.imagePath, device: bottom.entry.majorMinor, mountId: bottom.mountId, backingDev, suspectSince: suspectSince(slowLayers, backingDev) });
+    }
     if (d.cache !== "valid") continue;
-    const top = stacks.get(d.mountPoint)?.at(-1);
+    const top = stack?.at(-1);
     const loop = top?.tier === "cache" ? snapshot.loops.get(top.entry.majorMinor) : undefined;
-    out.push({ dataset: d.name, path: loop ? `/dev/${loop.name}` : d.cachePath, sizeBytes: d.size });
+    out.push({ tier: "cache", dataset: d.name, path: loop ? `/dev/${loop.name}` : d.cachePath, sizeBytes: d.size });
   }
   return out;
+}
+
+/**
+ * A fresh scan of datadir whose stat came from the client's attribute cache
+ * is no evidence that the server answers, while the probes' O_DIRECT reads
+ * of its images do not finish: taken as a scan that timed out.
+ */
+function withStall(input: ReconcileInput, message: string): ReconcileInput {
+  const view = input.observation.datadir;
+  if (view.kind !== "fresh") return input;
+  return { ...input, observation: { ...input.observation, datadir: { kind: "failed", code: "ETIMEDOUT", message, timedOut: true, at: view.at } } };
 }
 
 /** Believe this tick's scans or hold ("unavailable" is never "empty"); the snapshot the plan is made from. */
@@ -183,8 +217,8 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
     view,
     snapshot,
     holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
-    stacks: () => (stacks ??= layerStacks(snapshot, config)),
-    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(memory.configGeneration, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now)),
+    stacks: () => (stacks ??= layerStacks(snapshot, config, new Set(memory.slowLayers.dead.keys()))),
+    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(`${memory.configGeneration}:${memory.cacheDevice.reason}`, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now, memory.slowLayers)),
   };
 }
 
@@ -195,7 +229,7 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
  * should be, less what a directory that cannot be believed forbids; and
  * the report.
  */
-function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: Memory, config: Config, now: number): Reconciled {
+function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: Memory, config: Config, now: number): Omit<Reconciled, "deadLayers"> {
   const { snapshot, holds } = seen;
   const { pins, copiesAtScan, copies } = input;
   const { stats, backoff } = memory;
@@ -227,7 +261,8 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
   const wanted = diff({ config, catalog: target, stacks, cacheFiles: snapshot.cacheFiles, cached, transfers: new Map([...copiesAtScan, ...copies]), frozen: memory.releasing ? new Set() : frozen, admitted, ownedDirs: memory.ownedDirs });
   // While a directory cannot be believed, only what loses nothing is done (allowedUnder). While the cache
   // device fails, its overmounts come off (even if cachedir cannot be listed), and nothing is written to it or deleted.
-  const actions = fallback ? fallBack(wanted.actions, holds) : applyHolds(wanted.actions, holds);
+  const held = fallback ? fallBack(wanted.actions, holds) : applyHolds(wanted.actions, holds);
+  const actions = memory.cacheDevice.reason === "ReadOnly" ? readOnly(held, copies) : held;
   // Problems found against a listing that cannot be believed would be guesses: reported once it can.
   const problems = holds.datadir ? [] : wanted.problems;
   const report = buildReport({
@@ -246,12 +281,14 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     ticks: memory.ticks,
     pid: input.pid,
     cacheDevice: memory.cacheDevice,
+    deadLayers: memory.slowLayers.dead,
+    deadLayersFound: memory.slowLayers.foundTotal,
   });
   // The verified copies this node can serve.
   const holdings = [...catalog.datasets.values()].filter((d) => d.cache === "valid").map((d) => ({ file: d.imageFile, size: d.size, mtimeMs: d.mtimeMs, path: d.cachePath }));
   // Nothing to do, nothing going on: the next ticks may be quiet ones, until a time-bound event.
   const settled = actions.length === 0 && wanted.actions.length === 0 && catalog.pending.size === 0 && copies.size === 0 && !holds.datadir && !holds.cachedir;
-  const targets = probeTargets(catalog, stacks, snapshot);
+  const targets = probeTargets(catalog, stacks, snapshot, memory.slowLayers);
   const quiet = settled ? { key: seen.key(), catalog, report, holdings, until: nextTimedEvent(memory, config, now, [...catalog.datasets.keys()]), bodyKey: `quiet-${memory.ticks}`, probeTargets: targets } : undefined;
   // An eviction is done once the dataset has no cached copy left, mounted or on disk.
   const evicting = new Set([...memory.evicting].filter((name) => {
@@ -259,11 +296,14 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     return d !== undefined && (d.cache !== "none" || stacks.get(d.mountPoint)?.at(-1)?.tier === "cache");
   }));
   const released = memory.releasing !== undefined && actions.length === 0 && wanted.actions.length === 0 && copies.size === 0 && !holds.datadir && !holds.cachedir;
+  // A dead layer unmounted by this tick is forgotten now: its mount ID and loop device may be the fresh layer's.
+  const unmounted = new Set(actions.flatMap((a) => (a.kind === "unmount" && a.tier === "slow" ? [layerId(a.device, a.mountId)] : [])));
+  const slowLayers = [...unmounted].some((id) => memory.slowLayers.dead.has(id)) ? { ...memory.slowLayers, dead: new Map([...memory.slowLayers.dead].filter(([id]) => !unmounted.has(id))) } : memory.slowLayers;
   return {
     released,
     actions,
     report,
-    memory: { ...memory, quiet, evicting },
+    memory: { ...memory, quiet, evicting, slowLayers },
     snapshot,
     storage: seen.view,
     holdings,
@@ -272,6 +312,14 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     probeTargets: targets,
     space: { budgetBytes: space.bytes, ghostBytes: space.ghosts, usedBytes: occupied },
   };
+}
+
+/** The steps left while cachedir's file system is read-only: its copies stay served (and may be mounted); nothing copied or deleted, copies running cancelled. */
+function readOnly(actions: readonly Action[], copies: ReadonlyMap<string, CopyView>): Action[] {
+  const kept = actions.filter((a) => a.kind !== "start-copy" && a.kind !== "delete-file");
+  const cancelled = new Set(kept.flatMap((a) => (a.kind === "cancel-copy" ? [a.dataset] : [])));
+  const cancel = [...copies.values()].filter((c) => !cancelled.has(c.name)).map((c): Action => ({ kind: "cancel-copy", key: c.name, dataset: c.name, reason: "the cache file system is read-only" }));
+  return [...kept, ...cancel];
 }
 
 /** The steps left while the cache device fails: its overmounts taken off, copies cancelled; nothing written to it, mounted from it or deleted. */
@@ -308,7 +356,7 @@ function knownImages(memory: Memory, mounts: readonly MountEntry[], loops: Reado
  * are checked apart (reconcile): with nothing read within the window, every
  * rate is 0 whatever the time.
  */
-function quietKey(configGeneration: number, view: StorageView, mounts: readonly MountEntry[], loops: ReadonlyMap<string, LoopDevice>, pins: ReadonlyMap<string, number | undefined>, copies: number, now: number): string {
+function quietKey(configGeneration: string, view: StorageView, mounts: readonly MountEntry[], loops: ReadonlyMap<string, LoopDevice>, pins: ReadonlyMap<string, number | undefined>, copies: number, now: number, slowLayers: SlowLayers): string {
   if (copies > 0 || view.changed.length > 0 || view.memoryChanged || !view.dataFresh || !view.cacheFresh) return `busy-${now}`;
   const fs = view.cache?.fs;
   const parts = [
@@ -316,6 +364,9 @@ function quietKey(configGeneration: number, view: StorageView, mounts: readonly 
     `d${view.data?.generation ?? -1}`,
     `k${view.cache?.generation ?? -1}:${fs?.totalBytes ?? 0}:${fs?.freeBytes ?? 0}`,
     `p${[...pins].map(([name, until]) => `${name}=${until ?? ""}`).join(",")}`,
+    // Dead layers change the plan; suspect file systems change the probes' targets.
+    `x${[...slowLayers.dead.keys()].join(",")}`,
+    `s${[...slowLayers.suspect].map(([dev, { since }]) => `${dev}@${since}`).join(",")}`,
   ];
   for (const m of mounts) parts.push(`${m.mountId}:${m.majorMinor}:${m.mountPoint}`);
   for (const l of loops.values()) parts.push(`${l.majorMinor}:${l.name}:${l.backingFile}:${l.deleted ? 1 : 0}`);

@@ -24,6 +24,8 @@ export interface StorageView {
   changed: { before: DirCondition; after: DirCondition }[];
   /** A file system datadir has moved to, to be remembered (state/devices.ts). */
   newDatadirDev?: string;
+  /** datadir is on another file system than at the last believed scan (not the first): its slow layers' handles are suspect. */
+  datadirMoved?: boolean;
   /** What state/devices.ts keeps changed this tick: to be written. */
   memoryChanged: boolean;
 }
@@ -119,6 +121,7 @@ export class Storage {
     note(this.data.condition, data.condition);
     this.data.condition = data.condition;
     let newDatadirDev: string | undefined;
+    let datadirMoved = false;
     let memoryChanged = false;
     if (dataView.kind === "fresh") this.confirmed = false;
     if (data.accept && dataView.kind === "fresh") {
@@ -128,6 +131,7 @@ export class Storage {
         memoryChanged = true;
       }
       if (data.newDev !== undefined) {
+        if (this.data.acceptedDev !== undefined && this.data.acceptedDev !== data.newDev) datadirMoved = true;
         this.data.acceptedDev = data.newDev;
         if (!this.datadirDevices.has(data.newDev)) {
           newDatadirDev = data.newDev;
@@ -161,6 +165,7 @@ export class Storage {
       cacheFresh: cache.accept,
       changed,
       newDatadirDev,
+      datadirMoved,
       memoryChanged,
     };
   }

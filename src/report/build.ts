@@ -10,6 +10,7 @@ import type { Layer } from "../plan/layers.js";
 import type { CopyView } from "../plan/diff.js";
 import type { Stats } from "../plan/stats.js";
 import type { CacheDeviceCondition } from "../plan/cache-device.js";
+import type { DeadLayer } from "../plan/slow-layers.js";
 import { STATUS_VERSION, type DatasetState, type DatasetStatus, type StatusReport } from "./status.js";
 
 /** The copy pool's totals since start (TransferPool.counters). */
@@ -31,6 +32,18 @@ export interface ReportInput {
   ticks: number;
   pid: number;
   cacheDevice: CacheDeviceCondition;
+  /** Slow layers found dead, by layerId (plan/slow-layers.ts). */
+  deadLayers?: ReadonlyMap<string, DeadLayer>;
+  /** Slow layers found dead since start. */
+  deadLayersFound?: number;
+}
+
+/** What a dataset's note says of its dead slow layer: attached again now (uncovered), or when its cache layer comes off. */
+function deadNote(stack: readonly Layer[] | undefined, deadLayers: ReadonlyMap<string, DeadLayer> | undefined): string | undefined {
+  const bottom = stack?.[0];
+  const dead = bottom?.dead ? deadLayers?.get(`${bottom.entry.majorMinor}@${bottom.mountId}`) : undefined;
+  if (!dead) return undefined;
+  return stack && stack.length > 1 ? `slow layer beneath the cache is dead (${dead.evidence}); attached again when the cache layer comes off` : `slow layer dead (${dead.evidence}); attached again from datadir`;
 }
 
 function stateOf(top: Layer | undefined, copy: CopyView | undefined): DatasetState {
@@ -64,7 +77,7 @@ export function buildReport(input: ReportInput): StatusReport {
       status.copy = { doneBytes, totalBytes: copy.size, startedAt: copy.startedAt, bytesPerSecond: doneBytes / Math.max(0.001, (now - copy.startedAt) / 1000) };
       if (copy.from !== undefined) status.copy.from = copy.from;
     }
-    const note = input.cacheDevice.up ? input.backoff.note(d.name, now) : `served from the slow tier: the cache device is failing (${input.cacheDevice.message})`;
+    const note = input.cacheDevice.up ? (deadNote(input.stacks.get(d.mountPoint), input.deadLayers) ?? input.backoff.note(d.name, now)) : `served from the slow tier: the cache device is failing (${input.cacheDevice.message})`;
     if (note !== undefined) status.note = note;
     return status;
   });
@@ -90,6 +103,7 @@ export function buildReport(input: ReportInput): StatusReport {
     problems: input.problems,
     storage: input.storage,
     cacheDevice: { up: input.cacheDevice.up, reason: input.cacheDevice.reason, message: input.cacheDevice.message, since: input.cacheDevice.since },
+    slowLayers: { dead: input.deadLayers?.size ?? 0, foundTotal: input.deadLayersFound ?? 0 },
   };
 }
 

@@ -22,6 +22,9 @@ const DIR_REASONS = Object.keys(DIR_REASON_SET) as DirReason[];
 const TIERS = ["slow", "cache"] as const;
 type Tier = (typeof TIERS)[number];
 
+/** The cache device's conditions (plan/cache-device.ts). */
+const CACHE_DEVICE_REASONS = ["Working", "CacheDeviceFailing", "ReadOnly"] as const;
+
 /** From a tick that only lists directories (ms) to one that probes many new images (s). */
 const TICK_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -90,6 +93,11 @@ export class Metrics {
   private readonly dirLastScan: Record<DirName, Gauge>;
   private readonly dirReason: Gauge<"dir" | "reason">;
   private readonly cacheDeviceUp: Gauge;
+  private readonly slowLayersDead: Gauge;
+  private readonly cacheDeviceCondition: Gauge<"reason">;
+  private readonly cacheDeviceSmart: Gauge<"verdict">;
+  private readonly slowLayersFound: Counter;
+  private previousSlowFound = 0;
   private readonly problems: Gauge;
   private readonly peerEnabled: Gauge;
   private readonly peerConfigured: Gauge;
@@ -195,6 +203,20 @@ export class Metrics {
       cachedir: gauge("cachedir_last_scan_timestamp_seconds", "When a scan of the cache directory was last believed (Unix time)."),
     };
     this.cacheDeviceUp = gauge("cache_device_up", "1 while reads of the cache device succeed, 0 while it fails (its cache mounts are taken off; jobs read the slow tier).");
+    this.cacheDeviceCondition = new Gauge({
+      name: `${PREFIX}cache_device_condition`,
+      help: `1 for the cache device's current condition, 0 for the others (${CACHE_DEVICE_REASONS.join(", ")}).`,
+      labelNames: ["reason"],
+      registers,
+    });
+    this.cacheDeviceSmart = new Gauge({
+      name: `${PREFIX}cache_device_smart`,
+      help: "1 for the cache device's SMART verdict (systeminformation, read hourly), 0 for the others (ok, predicted-failure, unknown: also before the first read).",
+      labelNames: ["verdict"],
+      registers,
+    });
+    this.slowLayersDead = gauge("slow_layers_dead", "Slow layers whose reads fail while their image in datadir reads (a dead file handle after the file server reconnected), not yet attached again.");
+    this.slowLayersFound = counter("slow_layers_dead_found_total", "Slow layers found dead since start; each is attached again from datadir (at once, or when its cache layer comes off).");
     this.dirReason = new Gauge({
       name: `${PREFIX}directory_condition`,
       help: `1 for the current reason of each directory's condition, 0 for the others (${DIR_REASONS.join(", ")}).`,
@@ -251,6 +273,13 @@ export class Metrics {
     }
     this.problems.set(report.problems.length);
     this.cacheDeviceUp.set(report.cacheDevice?.up === false ? 0 : 1);
+    for (const reason of CACHE_DEVICE_REASONS) this.cacheDeviceCondition.set({ reason }, reason === (report.cacheDevice?.reason ?? "Working") ? 1 : 0);
+    // Unknown until the first read (an hour's wait at most, observe/device-health.ts).
+    const smart = report.cacheDevice?.health?.smart ?? "unknown";
+    for (const verdict of ["ok", "predicted-failure", "unknown"]) this.cacheDeviceSmart.set({ verdict }, verdict === smart ? 1 : 0);
+    this.slowLayersDead.set(report.slowLayers?.dead ?? 0);
+    this.slowLayersFound.inc(growth(this.previousSlowFound, report.slowLayers?.foundTotal ?? 0));
+    this.previousSlowFound = report.slowLayers?.foundTotal ?? 0;
 
     const peers = report.peers;
     this.peerConfigured.set(peers ? 1 : 0);

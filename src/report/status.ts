@@ -92,7 +92,16 @@ export interface StatusReport {
    * cannot, every dataset is served from the slow tier. Absent in a report of
    * a daemon from before it was added.
    */
-  cacheDevice?: { up: boolean; reason: string; message: string; since: number };
+  cacheDevice?: {
+    up: boolean;
+    reason: string;
+    message: string;
+    since: number;
+    /** Its identity and SMART verdict (systeminformation), read rarely; absent until first read. */
+    health?: { device: string; disk?: string; model?: string; smart: "ok" | "predicted-failure" | "unknown"; message: string };
+  };
+  /** Slow layers whose reads fail while their image in datadir reads (plan/slow-layers.ts): dead now, and found since start. */
+  slowLayers?: { dead: number; foundTotal: number };
   /** While datasets are still being mounted (a first start with thousands of new images): how far. */
   mounting?: { mounted: number; total: number };
 }

@@ -92,6 +92,10 @@ export function storageLines(report: StatusReport): string[] {
     lines.push(`${c.dir} ${c.path}: UNAVAILABLE since ${since}: ${c.message} [${c.reason}]; ${last}; ${doing}`);
   }
   const device = report.cacheDevice;
+  if (device?.reason === "ReadOnly") {
+    const since = `${formatClock(device.since, report.writtenAt, true)} (${formatAge(report.writtenAt - device.since)})`;
+    lines.push(`cache file system READ-ONLY since ${since}: ${device.message} [ReadOnly]; the cached copies stay served, nothing copied or deleted until it is writable`);
+  }
   if (device && !device.up) {
     const since = `${formatClock(device.since, report.writtenAt, true)} (${formatAge(report.writtenAt - device.since)})`;
     lines.push(`cache device FAILING since ${since}: ${device.message} [${device.reason}]; every dataset served from the slow tier, no copy made until it reads again`);

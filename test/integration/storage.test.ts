@@ -5,12 +5,12 @@
  * real images, real loop mounts, the real daemon.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import type { StatusReport } from "../../src/report/status.js";
-import { CLI, Daemon, FaultFs, makeImage, mountsUnder, readHard, stackAt, deviceReadBytes, waitUntil, withRoot, type MountRow, type TestRoot } from "./harness.js";
+import { CLI, Daemon, FaultFs, makeImage, makeSmallFs, mountsUnder, readHard, stackAt, deviceReadBytes, waitUntil, withRoot, type MountRow, type TestRoot } from "./harness.js";
 
 const MB = 1024 * 1024;
 const NAMES = ["alpha", "beta", "gamma", "delta"];
@@ -275,5 +275,37 @@ test("the cache device fails (reads of cachedir return EIO): within seconds the 
     await d.waitForLog("cache device working again", (l) => l.msg.startsWith("cache device working again"), 30_000);
     await waitUntil("alpha cached again, without a restart", () => stackAt(alpha).length === 2, 30_000);
     assert.ok(existsSync(path.join(cacheFs.source, "alpha.sqfs")), "the copy was kept");
+  });
+});
+
+test("the cache file system remounted read-only (as ext4 does after an error): the cached copies stay served, nothing is copied or deleted, the condition says ReadOnly; writable again, the cache resumes", async () => {
+  await withRoot("cachero", async (root, track) => {
+    const cachedir = makeSmallFs(root, "ssd", 64);
+    for (const name of NAMES) makeImage(root, path.join(root.data, `${name}.sqfs`), { "data.bin": 2 * MB, "id.txt": name });
+    const d = track(Daemon.start(root, { ...SETTINGS, cachedir }));
+    const alpha = path.join(root.mnt, "alpha");
+    await waitUntil("alpha cached on the ext4 cachedir", () => stackAt(alpha).length === 2, 30_000);
+    const copiesBefore = d.logs.filter((l) => l.msg === "copy started").length;
+    execFileSync("mount", ["-o", "remount,ro", cachedir]);
+    const warned = await d.waitForLog("cache file system read-only", (l) => l.msg.startsWith("cache file system read-only"), 15_000);
+    assert.equal(warned.reason, "ReadOnly");
+    // beta is now wanted in the cache (pinned by a reload): no copy is attempted onto the read-only file system.
+    writeFileSync(path.join(root.root, "scratch_manager.conf"), Daemon.standardConfig(root, { ...SETTINGS, cachedir, pin: "alpha, beta" }));
+    d.signal("SIGHUP");
+    await sleep(4000);
+    assert.equal(d.logs.filter((l) => l.msg === "copy started").length, copiesBefore, "no copy onto the read-only file system");
+    assert.equal(d.logs.filter((l) => l.msg === "deleted cache file").length, 0, "nothing deleted");
+    const top = stackAt(alpha).at(-1) as MountRow;
+    const before = deviceReadBytes(top.source);
+    assert.equal(readHard(alpha), 2 * MB + 5, "the cached copy is read");
+    assert.ok(deviceReadBytes(top.source) - before >= 2 * MB, "through the cache's loop device");
+    const status = statusJson(root);
+    assert.equal(status.cacheDevice?.reason, "ReadOnly");
+    assert.equal(status.cacheDevice?.up, true, "reads of the cache device still succeed");
+    assert.match(statusText(root), /^cache file system READ-ONLY since /m);
+    execFileSync("mount", ["-o", "remount,rw", cachedir]);
+    await d.waitForLog("cache file system writable again", (l) => l.msg.startsWith("cache file system writable again"), 15_000);
+    await waitUntil("beta cached once writable", () => stackAt(path.join(root.mnt, "beta")).length === 2, 30_000);
+    assert.equal(statusJson(root).cacheDevice?.reason, "Working");
   });
 });

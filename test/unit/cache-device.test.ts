@@ -5,7 +5,7 @@ import type { ProbeResult, ProbeRound } from "../../src/observe/probe.js";
 import { assessCacheDevice, RECOVERY_ROUNDS, workingDevice } from "../../src/plan/cache-device.js";
 
 const T0 = Date.UTC(2030, 0, 1);
-const target = { dataset: "coco", path: "/dev/loop3", sizeBytes: 1 << 20 };
+const target = { tier: "cache" as const, dataset: "coco", path: "/dev/loop3", sizeBytes: 1 << 20 };
 const ok: ProbeResult = { target, ok: true };
 const fail = (code: string, timedOut = false): ProbeResult => ({ target, ok: false, code, message: `/dev/loop3: ${code === "EIO" ? "Input/output error" : code}`, timedOut });
 const round = (at: number, ...results: ProbeResult[]): ProbeRound => ({ at, results });
@@ -39,5 +39,22 @@ describe("assessCacheDevice", () => {
     const again = assessCacheDevice(first, round(T0 + 2, fail("ENODEV")));
     assert.equal(again.since, T0 + 1);
     assert.equal(again.message, first.message);
+  });
+});
+
+describe("assessCacheDevice: a read-only cache file system", () => {
+  const ro = { mountPoint: "/scratch", source: "/dev/nvme0n1p2" };
+  test("ReadOnly while mountinfo says ro: still up (the copies are read), naming the device; Working again once writable", () => {
+    const c = assessCacheDevice(workingDevice(T0), undefined, ro, T0 + 1000);
+    assert.deepEqual([c.up, c.reason, c.since], [true, "ReadOnly", T0 + 1000]);
+    assert.equal(c.message, "/dev/nvme0n1p2 is mounted read-only at /scratch");
+    assert.equal(assessCacheDevice(c, round(T0 + 2000, ok), ro, T0 + 2000), c, "unchanged while it stays so");
+    const back = assessCacheDevice(c, undefined, undefined, T0 + 3000);
+    assert.deepEqual([back.up, back.reason, back.since], [true, "Working", T0 + 3000]);
+  });
+  test("a device error wins over read-only: its overmounts must come off", () => {
+    const c = assessCacheDevice(workingDevice(T0), undefined, ro, T0 + 1000);
+    const failing = assessCacheDevice(c, round(T0 + 2000, fail("EIO")), ro, T0 + 2000);
+    assert.deepEqual([failing.up, failing.reason], [false, "CacheDeviceFailing"]);
   });
 });

@@ -38,8 +38,10 @@ describe("alerting rules (packaging/prometheus/scratch_manager.rules.yml)", () =
   test("the alerts the issue asks for are there", () => {
     assert.deepEqual(rules.map((r) => r.alert).sort(), [
       "ScratchManagerCacheDeviceFailing",
+      "ScratchManagerCacheDevicePredictedFailure",
       "ScratchManagerCacheFilesystemFull",
       "ScratchManagerCacheHoldsUnreadData",
+      "ScratchManagerCacheReadOnly",
       "ScratchManagerCachedirUnavailable",
       "ScratchManagerCopiesFailing",
       "ScratchManagerDatadirUnavailable",
@@ -50,6 +52,7 @@ describe("alerting rules (packaging/prometheus/scratch_manager.rules.yml)", () =
       "ScratchManagerPeerSendsWrongBytes",
       "ScratchManagerPinNotCached",
       "ScratchManagerProblems",
+      "ScratchManagerSlowLayersDead",
     ]);
   });
 
