@@ -89,6 +89,8 @@ install -D -m 0644 "$out/man/scratch_manager.8" "$root/usr/share/man/man8/scratc
 for f in "$here"/slurm/*.sh; do
   [[ -e $f ]] && install -D -m 0755 "$f" "$root/usr/share/scratch_manager/slurm/${f##*/}"
 done
+# The job_submit.lua that turns --comment datasets:... into --prefer=ds_... (slurm_node), for slurmctld's host to take.
+install -D -m 0644 "$here/slurm/job_submit.lua" "$root/usr/share/scratch_manager/slurm/job_submit.lua"
 # Prometheus alerting rules and the Grafana dashboard, for the monitoring hosts to take.
 for f in "$here"/prometheus/*.yml "$here"/grafana/*.json; do
   rel=${f#"$here"/}

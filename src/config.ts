@@ -78,6 +78,8 @@ export interface Config {
   peerDir?: string;
   /** Who may own the records' directories besides root: a uid (a user name is resolved by resolveDirectories). */
   peerDirOwner: number | string;
+  /** The node's name in Slurm, to advertise the datasets it holds as node features (src/slurm/features.ts); off when unset. "auto": the host name. */
+  slurmNode?: string;
   verbose: boolean;
 }
 
@@ -277,6 +279,13 @@ export function parseHostPort(text: string, key = "metrics_listen"): { host: str
   return { host: m[1] ?? m[2] ?? "", port };
 }
 
+/** slurm_node: a Slurm node name (letters, digits, ".", "_", "-"), or auto (the host name). */
+function parseSlurmNode(text: string): string {
+  const value = text.trim();
+  if (/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(value)) return value;
+  throw bad("slurm_node", text, "a Slurm node name (letters, digits, '.', '_', '-'), or auto for the host name");
+}
+
 /** peer_dir_owner: a uid, or a user name (resolved later, from the passwd database). */
 function parseOwner(text: string): number | string {
   const value = text.trim();
@@ -467,6 +476,7 @@ export const CONFIG_TABLE = [
   spec({ key: "peer_key", field: "peerKey", default: "", help: "the fleet key, if not datadir/.scratch_manager/peer.key (a local copy, for read-only or root_squash exports)", parse: (v) => optional(v, (p) => absolutePath("peer_key", p)) }),
   spec({ key: "peer_dir", field: "peerDir", default: "", help: "directory of the peers' records, if not datadir/.scratch_manager/peers", parse: (v) => optional(v, (p) => absolutePath("peer_dir", p)) }),
   spec({ key: "peer_dir_owner", field: "peerDirOwner", default: "root", help: "who may own peer_dir besides root: a user name or a uid (nobody for root_squash)", parse: parseOwner }),
+  spec({ key: "slurm_node", field: "slurmNode", default: "", help: "advertise the datasets held (cached or copying) to Slurm as features ds_<name> of this node (auto: the host name), for jobs' --prefer; off when empty", parse: (v) => optional(v, parseSlurmNode) }),
 ] as const;
 
 /** Every field of Config but verbose has its row: a field added without one does not compile. */

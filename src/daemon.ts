@@ -27,6 +27,8 @@ import { takeRequests, writeReply, type Reply } from "./state/requests.js";
 import { planEviction } from "./plan/requests.js";
 import { RECOVERY_ROUNDS, workingDevice, type CacheDeviceCondition } from "./plan/cache-device.js";
 import { LayerProbe } from "./observe/probe.js";
+import { FeatureAdvertiser } from "./slurm/features.js";
+import { hostname } from "node:os";
 import { DeviceHealthWatch, readCacheDeviceHealth, type CacheDeviceHealth } from "./observe/device-health.js";
 import { noDeadLayers, type DeadLayer } from "./plan/slow-layers.js";
 
@@ -91,6 +93,8 @@ export class Daemon {
   private readonly probe: LayerProbe;
   /** The cache device's health, read rarely in the background (observe/device-health.ts). */
   private readonly health: DeviceHealthWatch;
+  /** The datasets held, as Slurm node features (slurm_node; src/slurm/features.ts). */
+  private features?: FeatureAdvertiser;
   private stopping = false;
   /** The last report published: what `evict` knows of the datasets. */
   private lastReport?: StatusReport;
@@ -118,6 +122,7 @@ export class Daemon {
       cacheDevice: workingDevice(this.clock.now()),
       slowLayers: noDeadLayers,
     };
+    this.features = this.advertiser(this.config);
     this.health = new DeviceHealthWatch(this.clock, HEALTH_EVERY_MS, HEALTH_FIRST_AFTER_MS, (mount) => readCacheDeviceHealth(mount, HEALTH_TIMEOUT_MS));
     this.probe = new LayerProbe(this.run, this.clock, {
       // A stalled server is seen by the reads of its images within scan_timeout: a round at least every half of it, each read given the rest.
@@ -217,6 +222,8 @@ export class Daemon {
     this.health.kick(input.observation.cacheMount, (health, previous) => this.logHealth(health, previous));
     const health = this.health.current;
     if (health && report.cacheDevice) report = { ...report, cacheDevice: { ...report.cacheDevice, health: { device: health.device, disk: health.disk, model: health.model, smart: health.smart, message: health.message } } };
+    this.features?.update(report);
+    if (this.features) report = { ...report, slurm: { ...this.features.state, features: [...this.features.state.features] } };
     await this.publish(report, out, started);
     this.lastReport = report;
     if (out.released) {
@@ -260,6 +267,14 @@ export class Daemon {
 
   private logDeadLayer(dead: DeadLayer): void {
     this.logger.warn({ dataset: dead.dataset, device: dead.device, mountId: dead.mountId, evidence: dead.evidence }, `slow layer of ${dead.dataset} is dead: ${dead.evidence}; it is attached again from datadir (files open on the dead layer cannot be saved)`);
+  }
+
+  /** The node's feature advertiser, kept across a reload that names the same node. */
+  private advertiser(config: Config): FeatureAdvertiser | undefined {
+    if (config.slurmNode === undefined) return undefined;
+    const node = config.slurmNode === "auto" ? (hostname().split(".")[0] ?? hostname()) : config.slurmNode;
+    if (this.features?.state.node === node) return this.features;
+    return new FeatureAdvertiser(this.run, this.clock, node, config.commandTimeout * 1000, (message) => this.logger.warn({ node, err: message }, `cannot tell Slurm the datasets node ${node} holds: ${message}; jobs are placed without them until it works`));
   }
 
   private logHealth(health: CacheDeviceHealth, previous: CacheDeviceHealth | undefined): void {
@@ -392,6 +407,7 @@ export class Daemon {
   reconfigure(config: Config): void {
     // datadir keeps the real path the daemon resolved (the file names it as written).
     this.config = { ...config, datadir: this.config.datadir };
+    this.features = this.advertiser(this.config);
     // A reload is also how an administrator says the cache device was repaired: trusted again at once.
     if (!this.memory.cacheDevice.up) this.logCacheDevice(workingDevice(this.clock.now()), this.memory.cacheDevice);
     this.memory = { ...this.memory, configGeneration: this.memory.configGeneration + 1, cacheDevice: workingDevice(this.clock.now()) };

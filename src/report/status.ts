@@ -100,6 +100,8 @@ export interface StatusReport {
     /** Its identity and SMART verdict (systeminformation), read rarely; absent until first read. */
     health?: { device: string; disk?: string; model?: string; smart: "ok" | "predicted-failure" | "unknown"; message: string };
   };
+  /** The datasets held, as this node's Slurm features (slurm_node): what slurmctld was last told, and when. */
+  slurm?: { node: string; features: string[]; sentAt?: number; calls: number; error?: string };
   /** Slow layers whose reads fail while their image in datadir reads (plan/slow-layers.ts): dead now, and found since start. */
   slowLayers?: { dead: number; foundTotal: number };
   /** While datasets are still being mounted (a first start with thousands of new images): how far. */

@@ -280,6 +280,8 @@ export interface DaemonOptions {
   env?: Record<string, string>;
   /** Soft and hard limit of open files (prlimit), below Node's habit of raising the soft one to the hard one. */
   nofile?: number;
+  /** A program that execs the daemon in its own place (e.g. nsenter -t PID -n -u -m --: a node of test/slurm/multinode.ts). */
+  wrap?: string[];
 }
 
 /** The real CLI, as systemd would start it. */
@@ -313,7 +315,7 @@ export class Daemon {
     }
     // Its own process group, so that teardown also kills the mount or rsync it may have running.
     // prlimit execs the daemon in its own place: the pid and the process group stay the daemon's.
-    const [file, ...argv] = options.nofile === undefined ? [process.execPath, ...args] : ["prlimit", `--nofile=${options.nofile}:${options.nofile}`, "--", process.execPath, ...args];
+    const [file, ...argv] = [...(options.wrap ?? []), ...(options.nofile === undefined ? [process.execPath, ...args] : ["prlimit", `--nofile=${options.nofile}:${options.nofile}`, "--", process.execPath, ...args])];
     this.child = spawn(file as string, argv, { env, stdio: ["ignore", "pipe", "pipe"], detached: true });
     let buffer = "";
     this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {

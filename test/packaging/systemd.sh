@@ -207,7 +207,7 @@ check "the .deb depends on nodejs (>= 18), rsync and mount" \
   grep -q 'nodejs (>= 18), rsync, mount' <<<"$deb_depends"
 check "the .deb marks /etc/scratch_manager.conf as a conffile" \
   test "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" = /etc/scratch_manager.conf
-shared_files="/usr/share/scratch_manager/slurm/prolog.sh /usr/share/scratch_manager/slurm/epilog.sh
+shared_files="/usr/share/scratch_manager/slurm/prolog.sh /usr/share/scratch_manager/slurm/epilog.sh /usr/share/scratch_manager/slurm/job_submit.lua
 /usr/share/scratch_manager/prometheus/scratch_manager.rules.yml /usr/share/scratch_manager/grafana/scratch_manager.json"
 deb_files=$(dpkg-deb -c "$deb" | awk '{ print substr($6, 2) }')
 for f in $shared_files; do
