@@ -80,6 +80,8 @@ export interface Config {
   peerDirOwner: number | string;
   /** The node's name in Slurm, to advertise the datasets it holds as node features (src/slurm/features.ts); off when unset. "auto": the host name. */
   slurmNode?: string;
+  /** This daemon reads the Slurm queue for the cluster and hands each node the datasets of its coming jobs (src/slurm/stager.ts). */
+  slurmStage: boolean;
   verbose: boolean;
 }
 
@@ -277,6 +279,14 @@ export function parseHostPort(text: string, key = "metrics_listen"): { host: str
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw bad(key, text, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
   return { host: m[1] ?? m[2] ?? "", port };
+}
+
+/** A yes/no key. */
+function yesNo(key: string, text: string): boolean {
+  const value = text.trim().toLowerCase();
+  if (["yes", "true", "on", "1"].includes(value)) return true;
+  if (["no", "false", "off", "0"].includes(value)) return false;
+  throw bad(key, text, "yes or no");
 }
 
 /** slurm_node: a Slurm node name (letters, digits, ".", "_", "-"), or auto (the host name). */
@@ -477,6 +487,7 @@ export const CONFIG_TABLE = [
   spec({ key: "peer_dir", field: "peerDir", default: "", help: "directory of the peers' records, if not datadir/.scratch_manager/peers", parse: (v) => optional(v, (p) => absolutePath("peer_dir", p)) }),
   spec({ key: "peer_dir_owner", field: "peerDirOwner", default: "root", help: "who may own peer_dir besides root: a user name or a uid (nobody for root_squash)", parse: parseOwner }),
   spec({ key: "slurm_node", field: "slurmNode", default: "", help: "advertise the datasets held (cached or copying) to Slurm as features ds_<name> of this node (auto: the host name), for jobs' --prefer; off when empty", parse: (v) => optional(v, parseSlurmNode) }),
+  spec({ key: "slurm_stage", field: "slurmStage", default: "no", help: "read the Slurm queue for the cluster (one daemon only) and hand each node, over peer fill's signed channel, the datasets of the jobs planned to start there within the hour", parse: (v) => yesNo("slurm_stage", v) }),
 ] as const;
 
 /** Every field of Config but verbose has its row: a field added without one does not compile. */

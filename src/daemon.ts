@@ -28,6 +28,10 @@ import { planEviction } from "./plan/requests.js";
 import { RECOVERY_ROUNDS, workingDevice, type CacheDeviceCondition } from "./plan/cache-device.js";
 import { LayerProbe } from "./observe/probe.js";
 import { FeatureAdvertiser } from "./slurm/features.js";
+import { StagedSet, Stager } from "./slurm/stager.js";
+import type { StagedEntry } from "./slurm/queue.js";
+import { KernelLog } from "./observe/kernel-log.js";
+import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { DeviceHealthWatch, readCacheDeviceHealth, type CacheDeviceHealth } from "./observe/device-health.js";
 import { noDeadLayers, type DeadLayer } from "./plan/slow-layers.js";
@@ -42,6 +46,15 @@ const PROBE_PER_ROUND = 4;
  * found makes the others suspect.
  */
 const PROBE_SLOW_PER_ROUND = 1;
+/** Microseconds since boot, from the machine's /proc/uptime (the clock of /dev/kmsg's records); 0 when unknown. */
+function uptimeUs(): number {
+  try {
+    return Math.floor(Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]) * 1e6) || 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** A probe round every 5 s, or every half scan_timeout if that is shorter (see LayerProbe's deadline). */
 function probeEveryMs(config: Pick<Config, "scanTimeout">): number {
   return Math.min(PROBE_EVERY_MS, (config.scanTimeout * 1000) / 2);
@@ -95,6 +108,12 @@ export class Daemon {
   private readonly health: DeviceHealthWatch;
   /** The datasets held, as Slurm node features (slurm_node; src/slurm/features.ts). */
   private features?: FeatureAdvertiser;
+  /** The datasets of jobs about to start here, handed by the stager (src/slurm/stager.ts). */
+  private readonly staged = new StagedSet();
+  /** This daemon reads the queue for the cluster (slurm_stage). */
+  private stager?: Stager;
+  /** The kernel's read errors (/dev/kmsg), logged since start: evidence against the cache device, or a slow layer's file system. */
+  private readonly kernelLog: KernelLog;
   private stopping = false;
   /** The last report published: what `evict` knows of the datasets. */
   private lastReport?: StatusReport;
@@ -123,6 +142,7 @@ export class Daemon {
       slowLayers: noDeadLayers,
     };
     this.features = this.advertiser(this.config);
+    this.kernelLog = new KernelLog(uptimeUs(), "/dev/kmsg", (why) => this.logger.info({ err: why }, "the kernel's log cannot be read; read errors are seen by the probes alone"));
     this.health = new DeviceHealthWatch(this.clock, HEALTH_EVERY_MS, HEALTH_FIRST_AFTER_MS, (mount) => readCacheDeviceHealth(mount, HEALTH_TIMEOUT_MS));
     this.probe = new LayerProbe(this.run, this.clock, {
       // A stalled server is seen by the reads of its images within scan_timeout: a round at least every half of it, each read given the rest.
@@ -144,6 +164,11 @@ export class Daemon {
       channel: (op, signal) => this.observer.datadir.exclusive(op, signal),
       clock: this.clock,
       lifetime: this.lifetime.signal,
+      onStage: (by, entries) => {
+        this.staged.receive(by, entries, this.clock.now());
+        this.logger.info({ by, datasets: entries.map((e) => e.dataset), jobs: [...new Set(entries.map((e) => e.jobId))] }, entries.length > 0 ? `staging ${entries.length} datasets for jobs about to start here` : "nothing to stage any more");
+        this.wake();
+      },
     });
     const notifier = new Notifier(this.run, "notifySocket" in options ? options.notifySocket : process.env.NOTIFY_SOCKET, process.env.WATCHDOG_USEC, this.clock);
     this.publisher = new Publisher(this.logger, notifier, this.once);
@@ -223,6 +248,13 @@ export class Daemon {
     const health = this.health.current;
     if (health && report.cacheDevice) report = { ...report, cacheDevice: { ...report.cacheDevice, health: { device: health.device, disk: health.disk, model: health.model, smart: health.smart, message: health.message } } };
     this.features?.update(report);
+    if (this.config.slurmStage) {
+      this.stager ??= new Stager(this.run, this.clock, () => this.config.commandTimeout * 1000, (node, entries) => this.handTo(node, entries));
+      this.stager.kick();
+    } else this.stager = undefined;
+    const states = new Map(report.datasets.map((d) => [d.name, d.state]));
+    this.staged.settle(this.clock.now(), (name) => states.get(name) === "cached");
+    report = { ...report, staging: { hits: this.staged.hits, misses: this.staged.misses, stager: this.stager ? { ...this.stager.state, errors: { ...this.stager.state.errors } } : undefined } };
     if (this.features) report = { ...report, slurm: { ...this.features.state, features: [...this.features.state.features] } };
     await this.publish(report, out, started);
     this.lastReport = report;
@@ -269,6 +301,26 @@ export class Daemon {
     this.logger.warn({ dataset: dead.dataset, device: dead.device, mountId: dead.mountId, evidence: dead.evidence }, `slow layer of ${dead.dataset} is dead: ${dead.evidence}; it is attached again from datadir (files open on the dead layer cannot be saved)`);
   }
 
+  /**
+   * The stager hands a Slurm node its part: this node's own at once,
+   * another's through its peer listener: the one its live record names, or
+   * else the node's name at this node's own peer port (a node that holds
+   * nothing publishes no record; the fleet's nodes share one configuration).
+   */
+  private async handTo(node: string, entries: StagedEntry[]): Promise<"ok" | string> {
+    const self = this.features?.state.node ?? (hostname().split(".")[0] ?? hostname());
+    if (node === self) {
+      this.staged.receive("self", entries, this.clock.now());
+      return "ok";
+    }
+    const peer = this.peers.peers().find((p) => {
+      const host = p.slice(0, p.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+      return host === node || host.split(".")[0] === node;
+    });
+    const own = this.peers.node;
+    return this.peers.stage(peer ?? `${node}:${own.slice(own.lastIndexOf(":") + 1)}`, entries);
+  }
+
   /** The node's feature advertiser, kept across a reload that names the same node. */
   private advertiser(config: Config): FeatureAdvertiser | undefined {
     if (config.slurmNode === undefined) return undefined;
@@ -312,7 +364,7 @@ export class Daemon {
     const observation = await this.observer.observe(config, this.scanWaitMs(), this.lifetime.signal, copying);
     // Pins: from the config file, and from `scratch_manager pin` (state_dir), which may have expired.
     const pins = await this.readPins(observation.now);
-    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid, probeRound };
+    return { observation, pins, copiesAtScan, copies: this.copyViews(), counters: this.transfers.counters, pid: process.pid, probeRound, kernelErrors: this.kernelLog.read(), staged: this.staged.current(observation.now) };
   }
 
   /** Act, for at most `interval` (the rest is for the next ticks); failures put the dataset in back-off. @returns slow mounts still to do. */

@@ -1,4 +1,6 @@
 import { hostname } from "node:os";
+import { sendStage } from "./stage.js";
+import type { StagedEntry } from "../slurm/queue.js";
 import { unlink } from "node:fs/promises";
 import type { Logger } from "pino";
 import type { Runner } from "../lib/exec.js";
@@ -53,6 +55,8 @@ export interface PeerFillOptions {
   clock?: Clock;
   /** Called when a record says something new may be fetched (a copy finished): the daemon wakes its loop. */
   lifetime: AbortSignal;
+  /** A stager's signed request: the datasets of jobs about to start on this node (fleet/stage.ts). */
+  onStage?: (by: string, entries: StagedEntry[]) => void;
 }
 
 /**
@@ -154,6 +158,18 @@ export class PeerFill {
     };
   }
 
+  /** The peers whose records are live: their names (HOST:PORT). */
+  peers(): string[] {
+    return this.board.live(this.config.interval).map((r) => r.node);
+  }
+
+  /** Hands `to` its part of the staging plan, signed with the fleet key; "ok", or why not. */
+  async stage(to: string, entries: readonly StagedEntry[]): Promise<"ok" | string> {
+    const key = this.fleetKey.key;
+    if (!key || !this.enabled) return "peer fill is off on this node (no key or no listener)";
+    return sendStage(key, this.node, to, entries, this.now(), this.timeoutMs());
+  }
+
   /** Where a running copy comes from ("server" or a peer's HOST:PORT), for status. */
   sourceOf(file: string): string | undefined {
     return this.active.get(file)?.from;
@@ -232,6 +248,7 @@ export class PeerFill {
         }
         else this.counters.refusedUnknown++;
       },
+      onStage: this.options.onStage,
       clock: this.clock,
     });
     try {

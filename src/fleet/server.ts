@@ -9,6 +9,8 @@ import { signChecksum, Verifier } from "./auth.js";
 import { followFile, openWhenThere } from "./follow.js";
 import { sameIdentity, type ImageIdentity } from "./records.js";
 import { systemClock, type Clock } from "../lib/clock.js";
+import { parseStageUrl, STAGE_PATH } from "./stage.js";
+import type { StagedEntry } from "../slurm/queue.js";
 
 /** What this node can serve of an image: its cached copy, or the copy it is making. */
 export interface Holding extends ImageIdentity {
@@ -31,6 +33,8 @@ export interface PeerServerOptions {
   logger: Logger;
   onServed: (bytes: number) => void;
   onRefused: (why: "busy" | "auth" | "unknown") => void;
+  /** A stager's request: the datasets of jobs about to start here (slurm/queue.ts), from the fleet node `by`. */
+  onStage?: (by: string, entries: StagedEntry[]) => void;
   clock?: Clock;
 }
 
@@ -108,6 +112,14 @@ export class PeerServer {
     const verdict = this.verifier.verify(this.options.keys(), req.headers.authorization, { method: "GET", path: target, range, to: self }, now);
     // Why is for this node's log, not for whoever asked.
     if (!verdict.ok) return this.refuse(res, 401, "unauthorized", "auth");
+    if (target.startsWith(STAGE_PATH)) {
+      const entries = parseStageUrl(target);
+      if (!entries || !this.options.onStage) return this.refuse(res, 400, "not a stage request");
+      this.options.onStage(verdict.by, entries);
+      res.writeHead(204, { connection: "close" });
+      res.end();
+      return;
+    }
     const wanted = parseImageUrl(target);
     if (!wanted) return this.refuse(res, 404, "no such image", "unknown");
     const holding = this.options.lookup(wanted.file);

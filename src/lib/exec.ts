@@ -17,6 +17,8 @@ export interface RunOptions {
   encoding?: "utf8" | "latin1";
   /** Written to the program's standard input, which is then closed (a record written into datadir by a child). */
   input?: string;
+  /** Added to the environment (SLURM_TIME_FORMAT for squeue). */
+  env?: Record<string, string>;
 }
 
 export interface RunResult {
@@ -74,7 +76,7 @@ export const run: Runner = (file, args, options) => {
         maxBuffer: 64 * 1024 * 1024,
         encoding: options.encoding ?? "utf8",
         // Fixed locale: error texts are parsed (observe/scan.ts) and read by admins in one language.
-        env: { ...process.env, LC_ALL: "C" },
+        env: { ...process.env, ...options.env, LC_ALL: "C" },
       },
       (error, stdout, stderr) => {
         clearTimeout(abandonTimer);

@@ -8,6 +8,7 @@
  */
 import type { ProbeRound } from "../observe/probe.js";
 import type { ReadOnlyCache } from "../observe/snapshot.js";
+import type { KernelIoError } from "../observe/kernel-log.js";
 
 /**
  * Errors of a device, not of a slow one. Not ENXIO: a loop device detached
@@ -39,9 +40,13 @@ export function workingDevice(now: number): CacheDeviceCondition {
   return { up: true, reason: "Working", message: "", since: now, cleanRounds: 0 };
 }
 
-/** The condition after a round of probes (none: unchanged), and with cachedir's file system read-only or not. */
-export function assessCacheDevice(previous: CacheDeviceCondition, round: ProbeRound | undefined, readOnly?: ReadOnlyCache, now = round?.at ?? previous.since): CacheDeviceCondition {
-  const probed = assessProbes(previous, round);
+/**
+ * The condition after a round of probes (none: unchanged), the kernel's
+ * read errors on the cache's devices (observe/kernel-log.ts), and with
+ * cachedir's file system read-only or not.
+ */
+export function assessCacheDevice(previous: CacheDeviceCondition, round: ProbeRound | undefined, readOnly?: ReadOnlyCache, now = round?.at ?? previous.since, kernel?: KernelIoError): CacheDeviceCondition {
+  const probed = kernel ? (previous.up ? { up: false, reason: "CacheDeviceFailing" as const, message: `kernel: ${kernel.text}`, since: now, cleanRounds: 0 } : { ...previous, cleanRounds: 0 }) : assessProbes(previous, round);
   if (!probed.up) return probed;
   if (readOnly) return probed.reason === "ReadOnly" ? probed : { up: true, reason: "ReadOnly", message: `${readOnly.source} is mounted read-only at ${readOnly.mountPoint}`, since: now, cleanRounds: 0 };
   return probed.reason === "ReadOnly" ? workingDevice(now) : probed;

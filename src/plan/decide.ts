@@ -26,6 +26,12 @@ export interface DecideInput {
   idle?: (name: string) => boolean;
   /** Datasets whose copy is queued or running. */
   copying: ReadonlySet<string>;
+  /**
+   * Datasets staged for jobs about to start here (slurm/queue.ts), earliest
+   * first: cached in the room the pins and the policy leave; they evict
+   * nothing, and give their room back when the policy wants it.
+   */
+  staged?: readonly string[];
   space: {
     /** The configured capacity, bytes. */
     capacity: number;
@@ -54,10 +60,12 @@ export function decide(input: DecideInput): Decision {
   const { datasets, pinned, space } = input;
   const rates = { rate: input.rate, fastRate: input.fastRate, policy: input.policy };
   const cached = plan({ ...rates, datasets, budgetBytes: space.budget, pinned, idle: input.idle, copying: input.copying });
+  const staged = addStaged(cached, datasets, input.staged ?? [], space.budget);
   const admitted = admitCopies({
     candidates: datasets
       .filter((d) => cached.has(d.name) && d.cache !== "valid" && !input.copying.has(d.name))
-      .map((d) => ({ d, pinned: Number(pinned.has(d.name)), priority: copyPriority(rates, d) }))
+      // Pins first, then what jobs about to start need (earliest first), then the policy's order.
+      .map((d) => ({ d, pinned: pinned.has(d.name) ? 2 : staged.has(d.name) ? 1 : 0, priority: staged.has(d.name) ? -(input.staged?.indexOf(d.name) ?? 0) : copyPriority(rates, d) }))
       .sort((a, b) => b.pinned - a.pinned || b.priority - a.priority)
       .map(({ d }) => d),
     occupiedBytes: space.ghosts + space.occupied,
@@ -65,6 +73,21 @@ export function decide(input: DecideInput): Decision {
     writableBytes: space.writable,
   });
   return { cached, admitted, pinProblems: pinProblems(datasets, input.pending ?? new Set(), pinned, space.budget) };
+}
+
+/** The staged datasets that fit beside what is chosen, in their order, added to `cached`; those added. */
+function addStaged(cached: Set<string>, datasets: readonly Dataset[], staged: readonly string[], budget: number): Set<string> {
+  const byName = new Map(datasets.map((d) => [d.name, d]));
+  let used = [...cached].reduce((sum, name) => sum + (byName.get(name)?.size ?? 0), 0);
+  const added = new Set<string>();
+  for (const name of staged) {
+    const d = byName.get(name);
+    if (!d || cached.has(name) || used + d.size > budget) continue;
+    cached.add(name);
+    added.add(name);
+    used += d.size;
+  }
+  return added;
 }
 
 function pinProblems(datasets: readonly Dataset[], pending: ReadonlySet<string>, pinned: ReadonlySet<string>, budgetBytes: number): string[] {

@@ -29,7 +29,9 @@ import type { Stats } from "./stats.js";
 import type { Storage, StorageView } from "./storage.js";
 import type { ProbeRound, ProbeTarget } from "../observe/probe.js";
 import { assessCacheDevice, type CacheDeviceCondition } from "./cache-device.js";
-import { assessSlowLayers, layerId, stalledRead, suspectAll, suspectSince, type DeadLayer, type SlowLayers } from "./slow-layers.js";
+import type { KernelIoError } from "../observe/kernel-log.js";
+import type { StagedEntry } from "../slurm/queue.js";
+import { assessSlowLayers, layerId, stalledRead, suspect, suspectAll, suspectSince, type DeadLayer, type SlowLayers } from "./slow-layers.js";
 
 /** What observing gave this tick, and the state of the copy pool. */
 export interface ReconcileInput {
@@ -44,6 +46,10 @@ export interface ReconcileInput {
   pid: number;
   /** The cache probes' last round finished since the previous tick (observe/probe.ts), if any. */
   probeRound?: ProbeRound;
+  /** The kernel's read errors logged since the previous tick (observe/kernel-log.ts). */
+  kernelErrors?: readonly KernelIoError[];
+  /** Datasets of jobs about to start here, earliest first (slurm/stager.ts): cached in the room left. */
+  staged?: readonly StagedEntry[];
 }
 
 /** A verified cached copy this node can serve to its peers (fleet/server.ts Holding). */
@@ -132,10 +138,14 @@ interface Believed {
 }
 
 export function reconcile(input: ReconcileInput, given: Memory, config: Config, now: number): Reconciled {
-  const cacheDevice = assessCacheDevice(given.cacheDevice, input.probeRound, input.observation.cacheReadOnly, now);
+  const kernel = kernelEvidence(input, config);
+  const cacheDevice = assessCacheDevice(given.cacheDevice, input.probeRound, input.observation.cacheReadOnly, now, kernel.cache);
   const cacheDeviceChanged = cacheDevice.reason !== given.cacheDevice.reason ? { before: given.cacheDevice, after: cacheDevice } : undefined;
   const live = new Set(input.observation.mounts.map((m) => layerId(m.majorMinor, m.mountId)));
-  const { layers: probed, found: deadLayers } = assessSlowLayers(given.slowLayers, input.probeRound, live, now);
+  const assessed = assessSlowLayers(given.slowLayers, input.probeRound, live, now);
+  const { found: deadLayers } = assessed;
+  // A slow loop device the kernel saw fail: its file system's layers are read first.
+  const probed = kernel.slowFileSystems.length > 0 ? suspect(assessed.layers, kernel.slowFileSystems, now) : assessed.layers;
   const datadirStall = stalledRead(given.datadirStall, input.probeRound);
   const memory = { ...given, cacheDevice, slowLayers: probed, datadirStall };
   const seen = believe(datadirStall === undefined ? input : withStall(input, datadirStall), memory, config, now);
@@ -180,6 +190,34 @@ function probeTargets(catalog: Catalog, stacks: ReadonlyMap<string, Layer[]>, sn
 }
 
 /**
+ * The kernel's read errors that are evidence: one naming a cached copy's
+ * loop device, or the device under cachedir (or its disk), is the cache
+ * device failing; one naming a slow layer's loop device makes that layer's
+ * file system suspect (its layers are probed first). Pure.
+ */
+function kernelEvidence(input: ReconcileInput, config: Config): { cache?: KernelIoError; slowFileSystems: string[] } {
+  const errors = input.kernelErrors ?? [];
+  if (errors.length === 0) return { slowFileSystems: [] };
+  const cacheDevices = new Set<string>();
+  const slowDevices = new Map<string, string | undefined>();
+  for (const loop of input.observation.loops.values()) {
+    const tier = tierOf(loop.backingFile, config);
+    if (tier === "cache") cacheDevices.add(loop.name);
+    else slowDevices.set(loop.name, loop.backing?.dev);
+  }
+  const source = input.observation.cacheMount?.source;
+  if (source?.startsWith("/dev/")) {
+    const name = path.basename(source);
+    cacheDevices.add(name);
+    // Its disk: nvme0n1p2 -> nvme0n1, sdb1 -> sdb, mmcblk0p1 -> mmcblk0.
+    cacheDevices.add(name.replace(/(\d)p\d+$/, "$1").replace(/^((?:sd|vd|xvd|hd)[a-z]+)\d+$/, "$1"));
+  }
+  const cache = errors.find((e) => cacheDevices.has(e.device));
+  const slowFileSystems = [...new Set(errors.flatMap((e) => (slowDevices.has(e.device) ? [slowDevices.get(e.device) ?? "*"] : [])))];
+  return { cache, slowFileSystems };
+}
+
+/**
  * A fresh scan of datadir whose stat came from the client's attribute cache
  * is no evidence that the server answers, while the probes' O_DIRECT reads
  * of its images do not finish: taken as a scan that timed out.
@@ -218,7 +256,7 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
     snapshot,
     holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
     stacks: () => (stacks ??= layerStacks(snapshot, config, new Set(memory.slowLayers.dead.keys()))),
-    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(`${memory.configGeneration}:${memory.cacheDevice.reason}`, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now, memory.slowLayers)),
+    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(`${memory.configGeneration}:${memory.cacheDevice.reason}:${(input.staged ?? []).map((e) => `${e.dataset}@${e.jobId}`).join(",")}`, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now, memory.slowLayers)),
   };
 }
 
@@ -248,6 +286,7 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
       return config.maxIdle > 0 && lastRead !== undefined && now - lastRead > config.maxIdle * 1000;
     },
     copying: new Set([...copiesAtScan.keys(), ...copies.keys()]),
+    staged: input.staged?.map((e) => e.dataset),
     space: { capacity: space.capacity, budget: space.bytes, ghosts: space.ghosts, occupied, writable: writableBytes(snapshot, copies) - space.keepFree },
   });
   const frozen = backoff.frozen(now);
@@ -283,6 +322,7 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
     cacheDevice: memory.cacheDevice,
     deadLayers: memory.slowLayers.dead,
     deadLayersFound: memory.slowLayers.foundTotal,
+    staged: input.staged,
   });
   // The verified copies this node can serve.
   const holdings = [...catalog.datasets.values()].filter((d) => d.cache === "valid").map((d) => ({ file: d.imageFile, size: d.size, mtimeMs: d.mtimeMs, path: d.cachePath }));

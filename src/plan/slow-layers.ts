@@ -89,6 +89,13 @@ export function stalledRead(previous: string | undefined, round: ProbeRound | un
   return images.some((i) => i.read.ok) ? undefined : previous;
 }
 
+/** These backing file systems' layers are suspect from now (the kernel saw one of their loop devices fail). */
+export function suspect(layers: SlowLayers, fileSystems: readonly string[], now: number): SlowLayers {
+  const next = new Map(layers.suspect);
+  for (const fs of fileSystems) if (!next.has(fs)) next.set(fs, { since: now, until: now + SUSPECT_MS });
+  return next.size === layers.suspect.size ? layers : { ...layers, suspect: next };
+}
+
 /** datadir became available again, or moved to another file system: every slow layer is suspect. */
 export function suspectAll(layers: SlowLayers, now: number): SlowLayers {
   return { ...layers, suspect: new Map([...layers.suspect, [ALL_FILE_SYSTEMS, { since: now, until: now + SUSPECT_MS }]]) };

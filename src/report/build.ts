@@ -11,6 +11,7 @@ import type { CopyView } from "../plan/diff.js";
 import type { Stats } from "../plan/stats.js";
 import type { CacheDeviceCondition } from "../plan/cache-device.js";
 import type { DeadLayer } from "../plan/slow-layers.js";
+import type { StagedEntry } from "../slurm/queue.js";
 import { STATUS_VERSION, type DatasetState, type DatasetStatus, type StatusReport } from "./status.js";
 
 /** The copy pool's totals since start (TransferPool.counters). */
@@ -36,6 +37,8 @@ export interface ReportInput {
   deadLayers?: ReadonlyMap<string, DeadLayer>;
   /** Slow layers found dead since start. */
   deadLayersFound?: number;
+  /** Datasets staged for jobs about to start here (slurm/stager.ts). */
+  staged?: readonly StagedEntry[];
 }
 
 /** What a dataset's note says of its dead slow layer: attached again now (uncovered), or when its cache layer comes off. */
@@ -69,6 +72,8 @@ export function buildReport(input: ReportInput): StatusReport {
       slowBytesRead: read?.slow.total ?? 0,
       cacheBytesRead: read?.cache.total ?? 0,
     };
+    const stage = input.staged?.find((e) => e.dataset === d.name);
+    if (stage) status.staged = { jobId: stage.jobId, startAt: stage.startAt };
     const until = pins.get(d.name);
     if (until !== undefined) status.pinExpiresAt = until;
     if (read && read.slow.total + read.cache.total > 0) status.lastReadAt = read.lastReadAt;

@@ -94,6 +94,10 @@ export class Metrics {
   private readonly dirReason: Gauge<"dir" | "reason">;
   private readonly cacheDeviceUp: Gauge;
   private readonly slowLayersDead: Gauge;
+  private readonly stagedDatasets: Gauge;
+  private readonly stageHits: Counter;
+  private readonly stageMisses: Counter;
+  private previousStage = { hits: 0, misses: 0 };
   private readonly cacheDeviceCondition: Gauge<"reason">;
   private readonly cacheDeviceSmart: Gauge<"verdict">;
   private readonly slowLayersFound: Counter;
@@ -215,6 +219,9 @@ export class Metrics {
       labelNames: ["verdict"],
       registers,
     });
+    this.stagedDatasets = gauge("staged_datasets", "Datasets staged for jobs the Slurm scheduler plans to start on this node soon (pre-staging, slurm_stage on one daemon).");
+    this.stageHits = counter("stage_hits_total", "Staged datasets that were cached when their job was due to start.");
+    this.stageMisses = counter("stage_misses_total", "Staged datasets that were not cached when their job was due to start (no room, the copy too slow, the image refused).");
     this.slowLayersDead = gauge("slow_layers_dead", "Slow layers whose reads fail while their image in datadir reads (a dead file handle after the file server reconnected), not yet attached again.");
     this.slowLayersFound = counter("slow_layers_dead_found_total", "Slow layers found dead since start; each is attached again from datadir (at once, or when its cache layer comes off).");
     this.dirReason = new Gauge({
@@ -278,6 +285,11 @@ export class Metrics {
     const smart = report.cacheDevice?.health?.smart ?? "unknown";
     for (const verdict of ["ok", "predicted-failure", "unknown"]) this.cacheDeviceSmart.set({ verdict }, verdict === smart ? 1 : 0);
     this.slowLayersDead.set(report.slowLayers?.dead ?? 0);
+    this.stagedDatasets.set(report.datasets.filter((d) => d.staged !== undefined).length);
+    const stage = report.staging ?? { hits: 0, misses: 0 };
+    this.stageHits.inc(growth(this.previousStage.hits, stage.hits));
+    this.stageMisses.inc(growth(this.previousStage.misses, stage.misses));
+    this.previousStage = { hits: stage.hits, misses: stage.misses };
     this.slowLayersFound.inc(growth(this.previousSlowFound, report.slowLayers?.foundTotal ?? 0));
     this.previousSlowFound = report.slowLayers?.foundTotal ?? 0;
 

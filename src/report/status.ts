@@ -48,6 +48,8 @@ export interface DatasetStatus {
   lastReadAt?: number;
   /** Why it is not where the policy wants it (back-off after a failure, pin that does not fit). */
   note?: string;
+  /** Staged for a job about to start here (Slurm pre-staging): the job and its expected start (ms). */
+  staged?: { jobId: number; startAt: number };
 }
 
 export interface RefusedImage {
@@ -100,6 +102,8 @@ export interface StatusReport {
     /** Its identity and SMART verdict (systeminformation), read rarely; absent until first read. */
     health?: { device: string; disk?: string; model?: string; smart: "ok" | "predicted-failure" | "unknown"; message: string };
   };
+  /** Pre-staging: staged datasets whose job was due with them cached (hits) or not (misses); the stager's state on the daemon that reads the queue. */
+  staging?: { hits: number; misses: number; stager?: { listings: number; listedAt?: number; jobs: number; nodes: number; sent: number; errors: Record<string, string>; error?: string } };
   /** The datasets held, as this node's Slurm features (slurm_node): what slurmctld was last told, and when. */
   slurm?: { node: string; features: string[]; sentAt?: number; calls: number; error?: string };
   /** Slow layers whose reads fail while their image in datadir reads (plan/slow-layers.ts): dead now, and found since start. */

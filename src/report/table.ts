@@ -159,6 +159,11 @@ export function renderStatus(report: StatusReport, fs?: FsSpace, selection?: Sel
     lines.push("", "notes:");
     for (const d of notes) lines.push(`  ${d.name}: ${d.note ?? ""}`);
   }
+  const staged = datasets.filter((d) => d.staged !== undefined);
+  if (staged.length > 0) {
+    lines.push("", "staged for jobs about to start here:");
+    for (const d of staged) lines.push(`  ${d.name}: job ${d.staged?.jobId ?? "?"}, expected at ${formatClock(d.staged?.startAt ?? 0, report.writtenAt, true)} (${d.state})`);
+  }
   if (long.length > 0) {
     lines.push("", "refused:");
     for (const r of long) lines.push(`  ${path.basename(r.file)}: ${r.reason}`);

@@ -256,7 +256,8 @@ test("the cache device fails (reads of cachedir return EIO): within seconds the 
     // The bound (docs/storage-failures.md): a probe round every 5 s, then one tick.
     assert.ok(fellBackMs < 12_000, `new opens read the slow tier ${fellBackMs} ms after the first error`);
     process.stderr.write(`cache device failing -> slow tier in ${fellBackMs} ms\n`);
-    assert.match(String(warned.evidence), /EIO/);
+    // The probes' read, or the kernel's own report of the cache loop device's failed reads (whichever came first).
+    assert.match(String(warned.evidence), /\(EIO\)|^kernel: I\/O error, dev loop\d+/);
     const slowBefore = deviceReadBytes(slow);
     assert.equal(readFileSync(path.join(alpha, "id.txt"), "utf8"), "alpha", "a new open reads the right bytes");
     assert.equal(readHard(alpha), 2 * MB + 5);
@@ -307,5 +308,31 @@ test("the cache file system remounted read-only (as ext4 does after an error): t
     await d.waitForLog("cache file system writable again", (l) => l.msg.startsWith("cache file system writable again"), 15_000);
     await waitUntil("beta cached once writable", () => stackAt(path.join(root.mnt, "beta")).length === 2, 30_000);
     assert.equal(statusJson(root).cacheDevice?.reason, "Working");
+  });
+});
+
+test("the kernel reports a job's failed read of the cache device (/dev/kmsg): the cache mounts come off at the next tick, before any probe reads it", async () => {
+  await withRoot("kmsg", async (root, track) => {
+    const cachedir = path.join(root.root, "ssd");
+    const cacheFs = await FaultFs.start(root, cachedir, { directIo: true });
+    makeImage(root, path.join(root.data, "alpha.sqfs"), { "a.bin": 2 * MB, "b.bin": 2 * MB });
+    // scan_timeout 60: a probe round every 5 s, so that a job's read lands well between two.
+    const d = track(Daemon.start(root, { ...SETTINGS, scan_timeout: 60, cachedir }));
+    const alpha = path.join(root.mnt, "alpha");
+    await waitUntil("alpha cached on the FUSE cachedir", () => stackAt(alpha).length === 2, 30_000);
+    // Right after a probe round: the next is 5 s away.
+    const rounds = () => d.logs.filter((l) => l.msg === "probe round").length;
+    const seen = rounds();
+    await waitUntil("a probe round", () => rounds() > seen, 10_000, 20);
+    await cacheFs.set("eio");
+    const failedAt = Date.now();
+    assert.throws(() => readFileSync(path.join(alpha, "b.bin")), /EIO|input\/output error/i, "the job's read fails: its file was opened on the failing cache layer");
+    const warned = await d.waitForLog("cache device failing", (l) => l.msg.startsWith("cache device failing"), 10_000);
+    const ms = Date.now() - failedAt;
+    assert.match(String(warned.evidence), /^kernel: I\/O error, dev loop\d+, sector/, "the kernel's report, not a probe's read");
+    assert.ok(ms < 3000, `fell back ${ms} ms after the job's failed read`);
+    process.stderr.write(`kernel report -> cache device failing in ${ms} ms\n`);
+    await waitUntil("alpha's cache overmount taken off", () => stackAt(alpha).length === 1, 10_000);
+    assert.equal(readFileSync(path.join(alpha, "b.bin")).length, 2 * MB, "a new open reads the slow tier");
   });
 });

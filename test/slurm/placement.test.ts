@@ -9,6 +9,7 @@
  * node 2, the feature goes.
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
@@ -16,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { CLI, Daemon, makeImage, waitUntil, withRoot, type TestRoot } from "../integration/harness.js";
 import { missingPrograms } from "./cluster.js";
 import { MultiNodeCluster } from "./multinode.js";
+import type { StatusReport } from "../../src/report/status.js";
 
 const TOP = fileURLToPath(new URL("../../../", import.meta.url));
 const MB = 1024 * 1024;
@@ -80,6 +82,78 @@ test("placement: a job naming a dataset cached on node 2 but not on node 1, both
       const left = await cluster.stop();
       assert.deepEqual(left, [], "no Slurm process of the test was left to kill");
       assert.ok(!existsSync(`/proc/${cluster.ctlPid}`) || readFileSync(`/proc/${cluster.ctlPid}/stat`, "latin1").includes(") Z "), "the namespaces' holders are gone");
+    }
+  });
+});
+
+test("pre-staging: a job pending behind a long one, planned onto node 1, finds its dataset cached there when it starts; the stager (on node 2) lists the queue once a round and hands node 1 its part over the signed peer channel", async () => {
+  assert.deepEqual(missingPrograms(), [], "Slurm is not installed: run .ci/setup");
+  await withRoot("staging", async (root, track) => {
+    const cluster = await MultiNodeCluster.start(path.join(root.root, "slurm"), 2);
+    try {
+      makeImage(root, path.join(root.data, "alpha.sqfs"), { "data.bin": 2 * MB, "id.txt": "alpha" });
+      // The fleet key, as the administrator makes it (peer fill's: the stager's requests are signed with it).
+      mkdirSync(path.join(root.data, ".scratch_manager"), { recursive: true, mode: 0o755 });
+      writeFileSync(path.join(root.data, ".scratch_manager", "peer.key"), randomBytes(32), { mode: 0o600 });
+      const configOf = (node: string) => path.join(root.root, node, "scratch_manager.conf");
+      const daemons = new Map<string, Daemon>();
+      for (const node of cluster.nodes) {
+        const dirs = nodeDirs(root, node.name);
+        writeFileSync(
+          configOf(node.name),
+          Daemon.standardConfig(root, {
+            cachedir: dirs.cachedir,
+            mountdir: dirs.mountdir,
+            state_dir: dirs.state,
+            runtime_dir: dirs.run,
+            slurm_node: "auto",
+            peer_listen: `${node.address}:9456`,
+            peer_advertise: `${node.name}:9456`,
+            ...(node.name === "node2" ? { slurm_stage: "yes" } : {}),
+          }),
+        );
+        daemons.set(node.name, track(new Daemon(root, { args: ["--config", configOf(node.name), "--verbose"], wrap: ["nsenter", "-t", String(node.pid), "-n", "-u", "-m", "--"], env: { SLURM_CONF: cluster.conf, PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin` } })));
+      }
+      const node1 = cluster.nodes.find((n) => n.name === "node1");
+      assert.ok(node1);
+      // Undefined until the daemon wrote its first status.
+      const statusOf = (node: string): StatusReport | undefined => {
+        try {
+          return JSON.parse(cluster.inside(cluster.nodes.find((n) => n.name === node)?.pid as number, [process.execPath, CLI, "status", "--json", "--runtime-dir", nodeDirs(root, node).run])) as StatusReport;
+        } catch {
+          return undefined;
+        }
+      };
+      await waitUntil("both daemons reporting", () => statusOf("node1") !== undefined && statusOf("node2") !== undefined, 60_000, 500);
+      // Node 1 busy with a long job; the second job needs node 1 (and names alpha): the backfill scheduler plans it there, to start when the first ends.
+      const out = path.join(root.root, "jobs");
+      mkdirSync(out, { recursive: true });
+      const long = cluster.sbatch(["--nodelist=node1", "--time=2", "--output", "/dev/null", "--wrap", "sleep 300"]);
+      const mnt = `${root.root}/node1/mnt/alpha`;
+      // At its start, the job says which device serves alpha (the top mount's loop device's backing file), then reads it.
+      const next = cluster.sbatch(["--nodelist=node1", "--time=1", "--comment", "datasets:alpha", "--output", path.join(out, "next.out"), "--wrap", `cat /sys/block/$(basename $(findmnt -n -o SOURCE --mountpoint ${mnt} | tail -1))/loop/backing_file; cat ${mnt}/id.txt`]);
+      await waitUntil("the long job running", () => cluster.jobs().find((j) => j.job_id === long)?.job_state === "RUNNING", 30_000, 500);
+      assert.equal(cluster.jobs().find((j) => j.job_id === next)?.job_state, "PENDING");
+      // Staged: node 1 caches alpha before the job starts, though nothing read it there.
+      await waitUntil("alpha staged and cached on node 1", () => {
+        const a = statusOf("node1")?.datasets.find((d) => d.name === "alpha");
+        return a?.staged?.jobId === next && a.state === "cached";
+      }, 90_000, 500);
+      assert.equal(statusOf("node2")?.datasets.find((d) => d.name === "alpha")?.state, "slow", "node 2 stages nothing: no job is planned there");
+      const stager = statusOf("node2")?.staging?.stager;
+      assert.ok(stager && stager.listings >= 1 && stager.sent >= 1, `the stager listed the queue and handed a part: ${JSON.stringify(stager)}`);
+      assert.ok(daemons.get("node1")?.logs.some((l) => l.msg.startsWith("staging 1 datasets") && String(l.by).startsWith("node2:")), "node 1 was handed its part by node 2, signed");
+      // The long job ends early: the next one starts, and alpha is served by node 1's cache from its first read.
+      cluster.slurm("scancel", [String(long)]);
+      await waitUntil("the staged job done", () => cluster.jobs().find((j) => j.job_id === next)?.job_state === "COMPLETED", 60_000, 500);
+      const [device, id] = readFileSync(path.join(out, "next.out"), "utf8").trim().split("\n");
+      assert.equal(id, "alpha");
+      assert.equal(device, path.join(nodeDirs(root, "node1").cachedir, "alpha.sqfs"), "at its start, alpha's top layer was node 1's cached copy");
+      await waitUntil("counted as a hit", () => (statusOf("node1")?.staging?.hits ?? 0) >= 1, 60_000, 500);
+      assert.equal(statusOf("node1")?.staging?.misses, 0);
+    } finally {
+      const left = await cluster.stop();
+      assert.deepEqual(left.filter((p) => !p.cmd.includes("sleep 300")), [], "no Slurm process of the test was left to kill");
     }
   });
 });
