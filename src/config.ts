@@ -81,7 +81,7 @@ export interface Config {
   /** The node's name in Slurm, to advertise the datasets it holds as node features (src/slurm/features.ts); off when unset. "auto": the host name. */
   slurmNode?: string;
   /** This daemon reads the Slurm queue for the cluster and hands each node the datasets of its coming jobs (src/slurm/stager.ts). */
-  slurmStage: boolean;
+  slurmStage: "no" | "features" | "yes";
   verbose: boolean;
 }
 
@@ -279,6 +279,13 @@ export function parseHostPort(text: string, key = "metrics_listen"): { host: str
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw bad(key, text, "HOST:PORT, e.g. 127.0.0.1:9456 or [::1]:9456");
   return { host: m[1] ?? m[2] ?? "", port };
+}
+
+/** slurm_stage: no; features (the list of features active in the cluster only, for job_submit.lua); yes (that, and pre-staging). */
+function parseSlurmStage(text: string): "no" | "features" | "yes" {
+  const value = text.trim().toLowerCase();
+  if (value === "features") return "features";
+  return yesNo("slurm_stage", value) ? "yes" : "no";
 }
 
 /** A yes/no key. */
@@ -487,7 +494,7 @@ export const CONFIG_TABLE = [
   spec({ key: "peer_dir", field: "peerDir", default: "", help: "directory of the peers' records, if not datadir/.scratch_manager/peers", parse: (v) => optional(v, (p) => absolutePath("peer_dir", p)) }),
   spec({ key: "peer_dir_owner", field: "peerDirOwner", default: "root", help: "who may own peer_dir besides root: a user name or a uid (nobody for root_squash)", parse: parseOwner }),
   spec({ key: "slurm_node", field: "slurmNode", default: "", help: "advertise the datasets held (cached or copying) to Slurm as features ds_<name> of this node (auto: the host name), for jobs' --prefer; off when empty", parse: (v) => optional(v, parseSlurmNode) }),
-  spec({ key: "slurm_stage", field: "slurmStage", default: "no", help: "read the Slurm queue for the cluster (one daemon only) and hand each node, over peer fill's signed channel, the datasets of the jobs planned to start there within the hour", parse: (v) => yesNo("slurm_stage", v) }),
+  spec({ key: "slurm_stage", field: "slurmStage", default: "no", help: "on one daemon (on slurmctld's host): features writes runtime_dir/slurm-features, the ds_ features active in the cluster, for job_submit.lua; yes also reads the queue and hands each node, over peer fill's signed channel, the datasets of the jobs planned there within the hour", parse: parseSlurmStage }),
 ] as const;
 
 /** Every field of Config but verbose has its row: a field added without one does not compile. */

@@ -28,7 +28,8 @@ import { planEviction } from "./plan/requests.js";
 import { RECOVERY_ROUNDS, workingDevice, type CacheDeviceCondition } from "./plan/cache-device.js";
 import { LayerProbe } from "./observe/probe.js";
 import { FeatureAdvertiser } from "./slurm/features.js";
-import { StagedSet, Stager } from "./slurm/stager.js";
+import { ACTIVE_FEATURES_FILE, StagedSet, Stager } from "./slurm/stager.js";
+import path from "node:path";
 import type { StagedEntry } from "./slurm/queue.js";
 import { KernelLog } from "./observe/kernel-log.js";
 import { readFileSync } from "node:fs";
@@ -248,9 +249,9 @@ export class Daemon {
     const health = this.health.current;
     if (health && report.cacheDevice) report = { ...report, cacheDevice: { ...report.cacheDevice, health: { device: health.device, disk: health.disk, model: health.model, smart: health.smart, message: health.message } } };
     this.features?.update(report);
-    if (this.config.slurmStage) {
-      this.stager ??= new Stager(this.run, this.clock, () => this.config.commandTimeout * 1000, (node, entries) => this.handTo(node, entries));
-      this.stager.kick();
+    if (this.config.slurmStage !== "no") {
+      this.stager ??= new Stager(this.run, this.clock, () => this.config.commandTimeout * 1000, (node, entries) => this.handTo(node, entries), path.join(this.config.runtimeDir, ACTIVE_FEATURES_FILE));
+      this.stager.kick(this.config.slurmStage === "yes");
     } else this.stager = undefined;
     const states = new Map(report.datasets.map((d) => [d.name, d.state]));
     this.staged.settle(this.clock.now(), (name) => states.get(name) === "cached");

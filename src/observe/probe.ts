@@ -209,9 +209,12 @@ export class LayerProbe {
 
   /** Starts a round if one is due and none runs, and a read of an image in datadir likewise. */
   kick(targets: readonly ProbeTarget[]): void {
-    this.kickLiveness(targets);
     const now = this.clock.monotonic();
-    if (this.running || targets.length === 0 || now - this.startedAt < this.options.everyMs()) return;
+    // A round that starts now with a slow layer reads an image of datadir itself: no liveness read besides (half the file server's operations).
+    const roundDue = !this.running && targets.length > 0 && now - this.startedAt >= this.options.everyMs();
+    if (!(roundDue && targets.some((t) => t.tier === "slow"))) this.kickLiveness(targets);
+    else this.liveStartedAt = now;
+    if (!roundDue) return;
     const caches = targets.filter((t): t is CacheTarget => t.tier === "cache");
     const slows = targets.filter((t): t is SlowTarget => t.tier === "slow");
     const idOf = (t: SlowTarget) => `${t.device}@${t.mountId}#${t.suspectSince ?? ""}`;

@@ -32,6 +32,14 @@ export function heldFeatures(report: Pick<StatusReport, "datasets">): string[] {
   return [...new Set(report.datasets.filter((d) => d.state === "cached" || d.state === "copying").map((d) => featureOf(d.name)))].sort();
 }
 
+/**
+ * Available and active alike: slurmctld refuses a job that prefers a feature
+ * no node has ("Invalid preferred feature specification"), and finds no
+ * node for one that is available somewhere but active nowhere ("Requested
+ * node configuration is not available", there being no node features
+ * plugin to activate it). So job_submit.lua prefers only features active
+ * somewhere (the stager's list: slurm/stager.ts, writeActiveFeatures).
+ */
 /** The node's features from `scontrol show node N -o` (one line). Pure. */
 export function parseNodeFeatures(line: string): { available: string[]; active: string[] } {
   const field = (key: string) => (new RegExp(`(?:^|\\s)${key}=(\\S*)`).exec(line)?.[1] ?? "").split(",").filter((f) => f !== "" && f !== "(null)");
@@ -58,7 +66,7 @@ export interface AdvertiserState {
  * (the tick never waits for slurmctld).
  */
 export class FeatureAdvertiser {
-  private sent?: string[];
+  private sent?: string;
   private lastAttempt = -Infinity;
   private running = false;
   readonly state: AdvertiserState;
@@ -76,28 +84,29 @@ export class FeatureAdvertiser {
   /** Tells slurmctld if the held set changed (batched) or the refresh is due. */
   update(report: Pick<StatusReport, "datasets">): void {
     const wanted = heldFeatures(report);
+    const known = wanted;
     const now = this.clock.monotonic();
-    const changed = this.sent === undefined || wanted.join(",") !== this.sent.join(",");
+    const changed = this.sent !== `${wanted.join(",")}|${known.join(",")}`;
     if (this.running || now - this.lastAttempt < (changed ? MIN_INTERVAL_MS : REFRESH_MS)) return;
     this.lastAttempt = now;
     this.running = true;
-    void this.send(wanted).finally(() => {
+    void this.send(wanted, known).finally(() => {
       this.running = false;
     });
   }
 
-  private async send(wanted: string[]): Promise<void> {
+  private async send(wanted: string[], known: string[]): Promise<void> {
     const node = this.state.node;
     try {
       this.state.calls++;
       const { stdout } = await this.run("scontrol", ["show", "node", node, "-o"], { timeoutMs: this.timeoutMs });
       const current = parseNodeFeatures(stdout);
-      const available = withOurs(current.available, wanted);
+      const available = withOurs(current.available, known);
       const active = withOurs(current.active, wanted);
       this.state.calls++;
       // An empty list is given as such: the node's ds_ features all go.
       await this.run("scontrol", ["update", `NodeName=${node}`, `AvailableFeatures=${available.join(",")}`, `ActiveFeatures=${active.join(",")}`], { timeoutMs: this.timeoutMs });
-      this.sent = wanted;
+      this.sent = `${wanted.join(",")}|${known.join(",")}`;
       this.state.features = wanted;
       this.state.sentAt = this.clock.now();
       if (this.state.error !== undefined) this.state.error = undefined;

@@ -16,11 +16,20 @@
  * it; each entry is counted once as a hit (cached when its job was due, or
  * left the plan by starting early) or a miss.
  */
+import { writeFileAtomic } from "../lib/atomic-file.js";
 import type { Clock } from "../lib/clock.js";
 import type { Runner } from "../lib/exec.js";
 import { planStaging, readQueue, type StagedEntry } from "./queue.js";
 
 export const EVERY_MS = 30_000;
+/**
+ * runtime_dir/slurm-features: the ds_ features active on some node, one
+ * line, comma-separated, rewritten each round. The shipped job_submit.lua
+ * (on slurmctld's host, where the stager runs) prefers only these.
+ */
+export const ACTIVE_FEATURES_FILE = "slurm-features";
+/** Features written at most (the line job_submit.lua reads stays small). */
+const MAX_ACTIVE_FEATURES = 10_000;
 export const HORIZON_MS = 3600_000;
 export const REFRESH_MS = 300_000;
 /** A staged dataset stays this long after its job's expected start (jobs start late). */
@@ -39,6 +48,8 @@ export interface StagerState {
   /** Each failing node's last error (no answer, a refused request). */
   errors: Record<string, string>;
   error?: string;
+  /** ds_ features active on some node at the last round. */
+  activeFeatures: number;
 }
 
 export class Stager {
@@ -46,7 +57,7 @@ export class Stager {
   private running = false;
   /** What each node was last handed, and when. */
   private readonly handed = new Map<string, { key: string; at: number }>();
-  readonly state: StagerState = { listings: 0, jobs: 0, nodes: 0, sent: 0, errors: {} };
+  readonly state: StagerState = { listings: 0, jobs: 0, nodes: 0, sent: 0, errors: {}, activeFeatures: 0 };
 
   constructor(
     private readonly run: Runner,
@@ -54,15 +65,31 @@ export class Stager {
     private readonly timeoutMs: () => number,
     /** Hands `node` (a Slurm node name) its part; "ok", or why not. */
     private readonly send: (node: string, entries: StagedEntry[]) => Promise<"ok" | string>,
+    /** Where the active features are written (runtime_dir/slurm-features). */
+    private readonly featuresFile: string,
   ) {}
 
-  /** Lists the queue and hands out the parts, if due and not already at it (in the background). */
-  kick(): void {
+  /** Writes the active features, and (staging) lists the queue and hands out the parts, if due and not already at it (in the background). */
+  kick(staging: boolean): void {
     const now = this.clock.monotonic();
     if (this.running || now - this.startedAt < EVERY_MS) return;
     this.startedAt = now;
     this.running = true;
-    void this.round().finally(() => (this.running = false));
+    void this.activeFeatures()
+      .then(() => (staging ? this.round() : undefined))
+      .finally(() => (this.running = false));
+  }
+
+  /** One `sinfo` for the cluster: the ds_ features active on some node, written for job_submit.lua. */
+  private async activeFeatures(): Promise<void> {
+    try {
+      const { stdout } = await this.run("sinfo", ["--noheader", "--Node", "--format=%b"], { timeoutMs: this.timeoutMs() });
+      const features = [...new Set(stdout.split(/[\s,]+/).filter((f) => /^ds_\w{1,255}$/.test(f)))].sort().slice(0, MAX_ACTIVE_FEATURES);
+      await writeFileAtomic(this.featuresFile, `${features.join(",")}\n`, 0o644);
+      this.state.activeFeatures = features.length;
+    } catch (err) {
+      this.state.error = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    }
   }
 
   private async round(): Promise<void> {

@@ -32,7 +32,9 @@ function nodeDirs(root: TestRoot, node: string): { cachedir: string; mountdir: s
 test("placement: a job naming a dataset cached on node 2 but not on node 1, both free, runs on node 2 and reads it from node 2's cache; evicted, the feature goes", async () => {
   assert.deepEqual(missingPrograms(), [], "Slurm is not installed: run .ci/setup");
   await withRoot("placement", async (root, track) => {
-    const cluster = await MultiNodeCluster.start(path.join(root.root, "slurm"), 2, { jobSubmitLua: readFileSync(path.join(TOP, "packaging/slurm/job_submit.lua"), "utf8") });
+    // The shipped job_submit.lua, reading the active features node 2's daemon writes (slurm_stage = features; on slurmctld's host in production).
+    const lua = readFileSync(path.join(TOP, "packaging/slurm/job_submit.lua"), "utf8").replace('"/run/scratch_manager/slurm-features"', JSON.stringify(path.join(root.root, "node2", "run", "slurm-features")));
+    const cluster = await MultiNodeCluster.start(path.join(root.root, "slurm"), 2, { jobSubmitLua: lua });
     try {
       makeImage(root, path.join(root.data, "alpha.sqfs"), { "data.bin": 2 * MB, "id.txt": "alpha" });
       makeImage(root, path.join(root.data, "beta.sqfs"), { "id.txt": "beta" });
@@ -43,14 +45,15 @@ test("placement: a job naming a dataset cached on node 2 but not on node 1, both
       };
       const daemons = new Map<string, Daemon>();
       for (const node of cluster.nodes) {
-        writeConfig(node.name, node.name === "node2" ? { pin: "alpha" } : {});
+        writeConfig(node.name, node.name === "node2" ? { pin: "alpha", slurm_stage: "features" } : {});
         // The daemon in the node's namespaces: its host name is the node's, its mounts are seen by the node's jobs, slurmctld is reached over the bridge.
         daemons.set(node.name, track(new Daemon(root, { args: ["--config", configOf(node.name), "--verbose"], wrap: ["nsenter", "-t", String(node.pid), "-n", "-u", "-m", "--"], env: { SLURM_CONF: cluster.conf, PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin` } })));
       }
       await waitUntil("node2 advertises ds_alpha", () => cluster.features("node2").active.includes("ds_alpha"), 60_000, 500);
       assert.deepEqual(cluster.features("node1").active.filter((f) => f.startsWith("ds_")), [], "node1 holds nothing, advertises nothing");
       const statusOf = (node: string) => JSON.parse(cluster.inside(cluster.nodes.find((n) => n.name === node)?.pid as number, [process.execPath, CLI, "status", "--json", "--runtime-dir", nodeDirs(root, node).run])) as { slurm?: { node: string; features: string[]; calls: number } };
-      assert.deepEqual(statusOf("node2").slurm?.features, ["ds_alpha"]);
+      await waitUntil("node2's status says what it told slurmctld", () => statusOf("node2").slurm?.features.join(",") === "ds_alpha", 10_000, 300);
+      await waitUntil("the active features listed for job_submit.lua", () => existsSync(path.join(root.root, "node2", "run", "slurm-features")) && readFileSync(path.join(root.root, "node2", "run", "slurm-features"), "utf8") === "ds_alpha\n", 60_000, 500);
 
       // A few jobs, each while both nodes are free: every one goes where alpha is.
       const out = path.join(root.root, "jobs");
@@ -63,6 +66,9 @@ test("placement: a job naming a dataset cached on node 2 but not on node 1, both
         assert.equal((job as { nodes?: string } | undefined)?.nodes, "node2", `job ${id} ran on ${String((job as { nodes?: string } | undefined)?.nodes)}`);
         assert.equal(readFileSync(path.join(out, `job${i}.out`), "utf8"), "node2\nalpha", "it read alpha on node 2");
       }
+      // A dataset no node holds: no preference is added (slurmctld would refuse a feature no node has), and the job runs.
+      const beta = cluster.sbatch(["--comment", "datasets:beta", "--output", path.join(out, "beta.out"), "--wrap", "hostname"]);
+      await waitUntil(`job ${beta} done`, () => cluster.jobs().find((j) => j.job_id === beta)?.job_state === "COMPLETED", 60_000, 500);
       // Without the comment the scheduler's own order stands (node1 first): the preference is what moved them.
       const plain = cluster.sbatch(["--output", path.join(out, "plain.out"), "--wrap", "hostname"]);
       await waitUntil(`job ${plain} done`, () => cluster.jobs().find((j) => j.job_id === plain)?.job_state === "COMPLETED", 60_000, 500);
@@ -71,7 +77,7 @@ test("placement: a job naming a dataset cached on node 2 but not on node 1, both
       // Evicted on node 2 (the pin dropped by a reload, then `scratch_manager evict`): the feature goes, within the batching interval.
       const node2 = cluster.nodes.find((n) => n.name === "node2");
       assert.ok(node2);
-      writeConfig("node2", {});
+      writeConfig("node2", { slurm_stage: "features" });
       daemons.get("node2")?.signal("SIGHUP");
       await daemons.get("node2")?.waitForLog("reloaded", (l) => l.msg === "configuration reloaded");
       cluster.inside(node2.pid, [process.execPath, CLI, "evict", "alpha", "--config", configOf("node2")], { timeoutMs: 60_000 });

@@ -54,7 +54,7 @@ export function makeConfig(over: Partial<Config> = {}): Config {
     logFormat: "json",
     peerUploads: 4,
     peerDirOwner: 0,
-    slurmStage: false,
+    slurmStage: "no",
     verbose: false,
     ...over,
   };
