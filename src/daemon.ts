@@ -427,10 +427,7 @@ export class Daemon {
    * even while the file server does not answer.
    */
   private scanWaitMs(): number {
-    // The first tick (READY=1 follows it) waits a little longer for the first scan: a loaded node's four
-    // child processes may take more than a short interval; a datadir that hangs still delays READY by 2 s at most.
-    const first = this.memory.ticks === 0 ? Math.max(this.config.interval, 2) : this.config.interval;
-    return Math.min(first, this.config.scanTimeout) * 1000;
+    return Math.min(this.config.interval, this.config.scanTimeout) * 1000;
   }
 
   /** Log each change of a directory's condition once; remember a new file system of datadir; take its real path. */
