@@ -136,7 +136,8 @@ test("systemd notify: READY=1 after the first tick, STATUS= a summary and WATCHD
     makeImage(root, path.join(root.data, "coco.sqfs"), { "data.bin": MB });
     const sent = path.join(root.root, "notify.log");
     const d = new Daemon(root, {
-      config: Daemon.standardConfig(root, dirs(root)),
+      // interval 2: the first tick waits up to an interval for the first scan (four child processes), which a loaded machine may not finish in 0.3 s.
+      config: Daemon.standardConfig(root, { ...dirs(root), interval: 2 }),
       bin: { "systemd-notify": `echo "$NOTIFY_SOCKET $*" >> ${sent}` },
       // As systemd sets it with WatchdogSec=1: the message is repeated every 0.5 s even when unchanged.
       env: { NOTIFY_SOCKET: "/run/systemd/notify-test", WATCHDOG_USEC: "1000000" },
