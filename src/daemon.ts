@@ -152,7 +152,8 @@ export class Daemon {
       slowPerRound: PROBE_SLOW_PER_ROUND,
       urgentPerRound: PROBE_URGENT_PER_ROUND,
       concurrency: PROBE_CONCURRENCY,
-      timeoutMs: () => this.config.scanTimeout * 1000 - probeEveryMs(this.config),
+      // The whole scan_timeout: a shorter deadline made a loaded machine's slow read a stall (and held datadir).
+      timeoutMs: () => this.config.scanTimeout * 1000,
       lifetime: this.lifetime.signal,
       sysRoot: this.roots.sys,
       // The probes' reads are not jobs' reads: taken off the devices' read counters.
