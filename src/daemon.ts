@@ -47,6 +47,11 @@ const PROBE_PER_ROUND = 4;
  * found makes the others suspect.
  */
 const PROBE_SLOW_PER_ROUND = 1;
+/** The host name up to its first dot: a Slurm node's usual name. */
+function shortHostname(): string {
+  return hostname().split(".")[0] ?? hostname();
+}
+
 /** Microseconds since boot, from the machine's /proc/uptime (the clock of /dev/kmsg's records); 0 when unknown. */
 function uptimeUs(): number {
   try {
@@ -310,7 +315,7 @@ export class Daemon {
    * nothing publishes no record; the fleet's nodes share one configuration).
    */
   private async handTo(node: string, entries: StagedEntry[]): Promise<"ok" | string> {
-    const self = this.features?.state.node ?? (hostname().split(".")[0] ?? hostname());
+    const self = this.features?.state.node ?? shortHostname();
     if (node === self) {
       this.staged.receive("self", entries, this.clock.now());
       return "ok";
@@ -326,7 +331,7 @@ export class Daemon {
   /** The node's feature advertiser, kept across a reload that names the same node. */
   private advertiser(config: Config): FeatureAdvertiser | undefined {
     if (config.slurmNode === undefined) return undefined;
-    const node = config.slurmNode === "auto" ? (hostname().split(".")[0] ?? hostname()) : config.slurmNode;
+    const node = config.slurmNode === "auto" ? shortHostname() : config.slurmNode;
     if (this.features?.state.node === node) return this.features;
     return new FeatureAdvertiser(this.run, this.clock, node, config.commandTimeout * 1000, (message) => this.logger.warn({ node, err: message }, `cannot tell Slurm the datasets node ${node} holds: ${message}; jobs are placed without them until it works`));
   }

@@ -4,6 +4,7 @@ import type { FileEntry, Probe } from "../observe/images.js";
 import type { LoopDevice } from "../observe/loops.js";
 import { stacks, type MountEntry } from "../observe/mountinfo.js";
 import type { Snapshot } from "../observe/snapshot.js";
+import { layerId } from "./slow-layers.js";
 
 /** One mount of a stack at mountdir/<name>, classified by who owns it. */
 export interface Layer {
@@ -74,7 +75,7 @@ export function layerStacks(snapshot: Snapshot, config: Config, dead: ReadonlySe
       mountPoint,
       stack.map((e) => {
         const layer = classify(e, snapshot, config, images);
-        return layer.tier === "slow" && dead.has(`${e.majorMinor}@${e.mountId}`) ? { ...layer, dead: true } : layer;
+        return layer.tier === "slow" && dead.has(layerId(e.majorMinor, e.mountId)) ? { ...layer, dead: true } : layer;
       }),
     );
   }

@@ -10,7 +10,7 @@ import type { Layer } from "../plan/layers.js";
 import type { CopyView } from "../plan/diff.js";
 import type { Stats } from "../plan/stats.js";
 import type { CacheDeviceCondition } from "../plan/cache-device.js";
-import type { DeadLayer } from "../plan/slow-layers.js";
+import { layerId, type DeadLayer } from "../plan/slow-layers.js";
 import type { StagedEntry } from "../slurm/queue.js";
 import { STATUS_VERSION, type DatasetState, type DatasetStatus, type StatusReport } from "./status.js";
 
@@ -44,7 +44,7 @@ export interface ReportInput {
 /** What a dataset's note says of its dead slow layer: attached again now (uncovered), or when its cache layer comes off. */
 function deadNote(stack: readonly Layer[] | undefined, deadLayers: ReadonlyMap<string, DeadLayer> | undefined): string | undefined {
   const bottom = stack?.[0];
-  const dead = bottom?.dead ? deadLayers?.get(`${bottom.entry.majorMinor}@${bottom.mountId}`) : undefined;
+  const dead = bottom?.dead ? deadLayers?.get(layerId(bottom.entry.majorMinor, bottom.mountId)) : undefined;
   if (!dead) return undefined;
   return stack && stack.length > 1 ? `slow layer beneath the cache is dead (${dead.evidence}); attached again when the cache layer comes off` : `slow layer dead (${dead.evidence}); attached again from datadir`;
 }
