@@ -210,11 +210,17 @@ export class LayerProbe {
   /** Starts a round if one is due and none runs, and a read of an image in datadir likewise. */
   kick(targets: readonly ProbeTarget[]): void {
     const now = this.clock.monotonic();
-    // A round that starts now with a slow layer reads an image of datadir itself: no liveness read besides (half the file server's operations).
-    const roundDue = !this.running && targets.length > 0 && now - this.startedAt >= this.options.everyMs();
-    if (!(roundDue && targets.some((t) => t.tier === "slow"))) this.kickLiveness(targets);
-    else this.liveStartedAt = now;
-    if (!roundDue) return;
+    const picked = this.startRound(targets, now);
+    // A round that reads a slow layer reads an image of datadir itself: no liveness read besides (half the file server's operations).
+    // Judged on what the round picked, not on what it could have: a round of suspects all read already (or of nothing) reads no image,
+    // and a stall would then never be seen to end (the churn soak held datadir for good).
+    if (picked.some((t) => t.tier === "slow")) this.liveStartedAt = now;
+    else this.kickLiveness(targets);
+  }
+
+  /** Starts a round if one is due and none runs; what it reads (nothing: none started). */
+  private startRound(targets: readonly ProbeTarget[], now: number): readonly ProbeTarget[] {
+    if (this.running || targets.length === 0 || now - this.startedAt < this.options.everyMs()) return [];
     const caches = targets.filter((t): t is CacheTarget => t.tier === "cache");
     const slows = targets.filter((t): t is SlowTarget => t.tier === "slow");
     const idOf = (t: SlowTarget) => `${t.device}@${t.mountId}#${t.suspectSince ?? ""}`;
@@ -225,7 +231,7 @@ export class LayerProbe {
     const urgent = this.urgent.take(suspects.filter((t) => !this.urgentDone.has(idOf(t))), this.options.urgentPerRound);
     for (const t of urgent) this.urgentDone.add(idOf(t));
     const picked: ProbeTarget[] = [...urgent, ...this.cache.take(caches, this.options.perRound), ...this.slow.take(slows.filter((t) => t.suspectSince === undefined), this.options.slowPerRound)];
-    if (picked.length === 0) return;
+    if (picked.length === 0) return [];
     this.startedAt = now;
     this.running = true;
     this.stale = new Set();
@@ -252,6 +258,7 @@ export class LayerProbe {
       this.finished = { at: this.clock.now(), results: results.filter((r) => !this.stale.has(r.target.dataset)) };
       this.running = false;
     })();
+    return picked;
   }
 
   /**

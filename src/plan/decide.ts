@@ -27,11 +27,12 @@ export interface DecideInput {
   /** Datasets whose copy is queued or running. */
   copying: ReadonlySet<string>;
   /**
-   * Datasets staged for jobs about to start here (slurm/queue.ts), earliest
-   * first: cached in the room the pins and the policy leave; they evict
-   * nothing, and give their room back when the policy wants it.
+   * Datasets staged for jobs the scheduler plans here (slurm/stager.ts),
+   * earliest job first. Those of jobs due within STAGED_LEAD_MS make room:
+   * they come after the pins and what running jobs read from the cache, and
+   * before the policy's other choices. The rest take only the room left.
    */
-  staged?: readonly string[];
+  staged?: readonly StagedChoice[];
   space: {
     /** The configured capacity, bytes. */
     capacity: number;
@@ -46,6 +47,20 @@ export interface DecideInput {
   };
 }
 
+/** A dataset staged for a job planned here; `due`: the job starts within STAGED_LEAD_MS (plan/reconcile.ts says). */
+export interface StagedChoice {
+  name: string;
+  due: boolean;
+}
+
+/**
+ * A staged dataset whose job is due within this makes room in the cache
+ * (evicting what no running job reads); a later one waits for free room.
+ * Long enough to copy tens of GB from a busy file server; short enough
+ * that a job far down the queue, whose plan will change, evicts nothing.
+ */
+export const STAGED_LEAD_MS = 15 * 60_000;
+
 export interface Decision {
   /** The datasets the cache should hold. */
   cached: Set<string>;
@@ -59,13 +74,19 @@ export interface Decision {
 export function decide(input: DecideInput): Decision {
   const { datasets, pinned, space } = input;
   const rates = { rate: input.rate, fastRate: input.fastRate, policy: input.policy };
-  const cached = plan({ ...rates, datasets, budgetBytes: space.budget, pinned, idle: input.idle, copying: input.copying });
-  const staged = addStaged(cached, datasets, input.staged ?? [], space.budget);
+  const stagedNames = (input.staged ?? []).map((s) => s.name);
+  const cached = plan({ ...rates, datasets, budgetBytes: space.budget, pinned: held(input), idle: input.idle, copying: input.copying });
+  addStaged(cached, datasets, stagedNames, space.budget);
+  // Earliest job first: a staged dataset chosen (by the room it made, the room left, or the policy anyway) is copied before the policy's others.
+  const stagedRank = new Map(stagedNames.filter((n) => cached.has(n)).map((n, i) => [n, i]));
   const admitted = admitCopies({
     candidates: datasets
       .filter((d) => cached.has(d.name) && d.cache !== "valid" && !input.copying.has(d.name))
       // Pins first, then what jobs about to start need (earliest first), then the policy's order.
-      .map((d) => ({ d, pinned: pinned.has(d.name) ? 2 : staged.has(d.name) ? 1 : 0, priority: staged.has(d.name) ? -(input.staged?.indexOf(d.name) ?? 0) : copyPriority(rates, d) }))
+      .map((d) => {
+        const rank = stagedRank.get(d.name);
+        return { d, pinned: pinned.has(d.name) ? 2 : rank !== undefined ? 1 : 0, priority: rank !== undefined ? -rank : copyPriority(rates, d) };
+      })
       .sort((a, b) => b.pinned - a.pinned || b.priority - a.priority)
       .map(({ d }) => d),
     occupiedBytes: space.ghosts + space.occupied,
@@ -75,19 +96,40 @@ export function decide(input: DecideInput): Decision {
   return { cached, admitted, pinProblems: pinProblems(datasets, input.pending ?? new Set(), pinned, space.budget) };
 }
 
-/** The staged datasets that fit beside what is chosen, in their order, added to `cached`; those added. */
-function addStaged(cached: Set<string>, datasets: readonly Dataset[], staged: readonly string[], budget: number): Set<string> {
+/**
+ * What the policy must keep before it chooses (passed to it as pins): the
+ * pins; and, when a job due here soon needs a dataset, first what running
+ * jobs read from the cache now (cached or being copied, read over the fast
+ * window: "in use", never evicted for a job that has not started), then
+ * the due datasets, earliest job first, as far as they fit.
+ */
+function held(input: DecideInput): ReadonlySet<string> {
+  const due = (input.staged ?? []).filter((s) => s.due);
+  if (due.length === 0) return input.pinned;
+  const { datasets, space } = input;
+  const byName = new Map(datasets.map((d) => [d.name, d]));
+  const { fit } = fitPins(datasets, input.pinned, space.budget);
+  const keep = new Set(fit.map((d) => d.name));
+  let left = space.budget - fit.reduce((sum, d) => sum + d.size, 0);
+  const inUse = datasets.filter((d) => (d.cache === "valid" || input.copying.has(d.name)) && input.fastRate(d.name) > 0).sort((a, b) => input.fastRate(b.name) - input.fastRate(a.name));
+  for (const d of [...inUse, ...due.flatMap((s) => byName.get(s.name) ?? [])]) {
+    if (keep.has(d.name) || d.size > left) continue;
+    keep.add(d.name);
+    left -= d.size;
+  }
+  return keep;
+}
+
+/** The staged datasets that fit beside what is chosen, in their order, added to `cached`. */
+function addStaged(cached: Set<string>, datasets: readonly Dataset[], staged: readonly string[], budget: number): void {
   const byName = new Map(datasets.map((d) => [d.name, d]));
   let used = [...cached].reduce((sum, name) => sum + (byName.get(name)?.size ?? 0), 0);
-  const added = new Set<string>();
   for (const name of staged) {
     const d = byName.get(name);
     if (!d || cached.has(name) || used + d.size > budget) continue;
     cached.add(name);
-    added.add(name);
     used += d.size;
   }
-  return added;
 }
 
 function pinProblems(datasets: readonly Dataset[], pending: ReadonlySet<string>, pinned: ReadonlySet<string>, budgetBytes: number): string[] {

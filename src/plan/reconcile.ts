@@ -21,7 +21,7 @@ import type { StatusReport } from "../report/status.js";
 import { applyHolds, type Holds } from "./availability.js";
 import type { Backoff } from "./backoff.js";
 import { catalogue, type Catalog, type Refusal } from "./catalog.js";
-import { decide } from "./decide.js";
+import { decide, STAGED_LEAD_MS } from "./decide.js";
 import { diff, type Action, type CopyView, type Problem } from "./diff.js";
 import { layerStacks, mountedImages, provisionalImages, relocateDetached, tierOf, type Layer } from "./layers.js";
 import { budget, occupiedBytes, writableBytes } from "./policy.js";
@@ -256,7 +256,7 @@ function believe(input: ReconcileInput, memory: Memory, config: Config, now: num
     snapshot,
     holds: { datadir: !view.dataFresh, cachedir: !view.cacheFresh },
     stacks: () => (stacks ??= layerStacks(snapshot, config, new Set(memory.slowLayers.dead.keys()))),
-    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(`${memory.configGeneration}:${memory.cacheDevice.reason}:${(input.staged ?? []).map((e) => `${e.dataset}@${e.jobId}`).join(",")}`, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now, memory.slowLayers)),
+    key: () => (key ??= memory.evicting.size > 0 || memory.releasing || !memory.cacheDevice.up ? `busy-${now}` : quietKey(`${memory.configGeneration}:${memory.cacheDevice.reason}:${(input.staged ?? []).map((e) => `${e.dataset}@${e.jobId}${e.startAt - now <= STAGED_LEAD_MS ? "!" : ""}`).join(",")}`, view, observation.mounts, loops, pins, input.copiesAtScan.size + input.copies.size, now, memory.slowLayers)),
   };
 }
 
@@ -286,7 +286,7 @@ function plan(input: ReconcileInput, seen: Believed, catalog: Catalog, memory: M
       return config.maxIdle > 0 && lastRead !== undefined && now - lastRead > config.maxIdle * 1000;
     },
     copying: new Set([...copiesAtScan.keys(), ...copies.keys()]),
-    staged: input.staged?.map((e) => e.dataset),
+    staged: input.staged?.map((e) => ({ name: e.dataset, due: e.startAt - now <= STAGED_LEAD_MS })),
     space: { capacity: space.capacity, budget: space.bytes, ghosts: space.ghosts, occupied, writable: writableBytes(snapshot, copies) - space.keepFree },
   });
   const frozen = backoff.frozen(now);

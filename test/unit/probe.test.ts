@@ -151,4 +151,27 @@ describe("LayerProbe", () => {
     assert.ok(stuck && "image" in stuck && !stuck.image.ok && stuck.image.timedOut, "a read that did not finish, though the round is stuck");
     assert.equal(reads.length, 2, "the round's image read, then the liveness read while the round is stuck");
   });
+
+  test("liveness: a round that reads no image (its suspects all read already, nothing else to read) does not stand in for the liveness read", async () => {
+    const reads: string[] = [];
+    const run: Runner = async (file, args) => {
+      if (file === "dd" && args.some((a) => a.startsWith("if=/data/"))) reads.push(args.find((a) => a.startsWith("if=")) as string);
+      return { stdout: "", stderr: "", ms: 1 };
+    };
+    loopDio("loop8", false);
+    const probe = new LayerProbe(run, clock, { ...options, liveness: true, perRound: 0, slowPerRound: 1 });
+    const suspectLayer = slow(8, { suspectSince: 7 });
+    t = 300_000;
+    probe.kick([suspectLayer]);
+    await settle(probe);
+    assert.equal(reads.length, 1, "the suspect read once, by the round (its image first)");
+    // From now on no round reads anything (the one suspect was read for this suspicion): the image is read all the same, each period.
+    for (const at of [305_000, 310_000, 315_000]) {
+      t = at;
+      probe.kick([suspectLayer]);
+      const round = await settle(probe);
+      assert.ok(round.results.some((r) => "image" in r && r.image.ok), `a read of the image at ${at}`);
+    }
+    assert.equal(reads.length, 4, "one image read a period");
+  });
 });

@@ -93,12 +93,37 @@ describe("StagedSet", () => {
 describe("decide: staged datasets", () => {
   const space = (budget: number) => ({ capacity: budget, budget, ghosts: 0, occupied: 0, writable: budget });
   const rates = { rate: (n: string) => ({ slow: n === "hot" ? 1e6 : 0, cache: 0 }), fastRate: () => 0 };
-  test("cached in the room the pins and the policy leave, earliest first; never in place of what they chose", () => {
+  const later = (...names: string[]) => names.map((name) => ({ name, due: false }));
+  const due = (...names: string[]) => names.map((name) => ({ name, due: true }));
+  test("jobs not due yet: cached in the room the pins and the policy leave, earliest first; never in place of what they chose", () => {
     const ds = [dataset("hot", { size: 4 * GiB }), dataset("s1", { size: 4 * GiB }), dataset("s2", { size: 4 * GiB })];
-    const d = decide({ datasets: ds, pinned: new Set(["hot"]), policy: "adaptive", ...rates, copying: new Set(), space: space(10 * GiB), staged: ["s2", "s1"] });
+    const d = decide({ datasets: ds, pinned: new Set(["hot"]), policy: "adaptive", ...rates, copying: new Set(), space: space(10 * GiB), staged: later("s2", "s1") });
     assert.deepEqual([...d.cached].sort(), ["hot", "s2"], "hot pinned; s2 (the earlier job) in the room left; s1 does not fit");
     assert.ok(d.admitted.has("s2"));
     const none = decide({ datasets: ds, pinned: new Set(["hot"]), policy: "adaptive", ...rates, copying: new Set(), space: space(10 * GiB) });
     assert.deepEqual([...none.cached], ["hot"], "without staging, the room stays empty");
+  });
+
+  test("jobs due soon: their datasets make room, after the pins and what running jobs read from the cache, before the policy's other choices", () => {
+    // The policy would keep warm (read over the period, not now) and reading (read now); the cache holds 12 GiB.
+    const ds = [
+      dataset("pin", { size: 2 * GiB }),
+      dataset("reading", { size: 4 * GiB, cache: "valid" }),
+      dataset("warm", { size: 4 * GiB, cache: "valid" }),
+      dataset("s1", { size: 4 * GiB }),
+      dataset("s2", { size: 4 * GiB }),
+    ];
+    const policyRates = {
+      rate: (n: string) => ({ slow: 0, cache: n === "reading" || n === "warm" ? 1e8 : 0 }),
+      fastRate: (n: string) => (n === "reading" ? 1e8 : 0),
+    };
+    const input = { datasets: ds, pinned: new Set(["pin"]), policy: "adaptive" as const, ...policyRates, copying: new Set<string>(), space: space(12 * GiB) };
+    assert.deepEqual([...decide(input).cached].sort(), ["pin", "reading", "warm"], "no staging: the policy's choice");
+    assert.deepEqual([...decide({ ...input, staged: later("s1", "s2") }).cached].sort(), ["pin", "reading", "warm"], "not due: nothing evicted");
+    const d = decide({ ...input, staged: due("s1", "s2") });
+    assert.deepEqual([...d.cached].sort(), ["pin", "reading", "s1"], "s1 (the earlier job) in place of warm; reading is in use and stays; s2 does not fit");
+    assert.deepEqual([...d.admitted], ["pin", "s1"], "copied: the pin first, then s1");
+    const copying = decide({ ...input, copying: new Set(["warm"]), fastRate: (n: string) => (n === "reading" || n === "warm" ? 1e8 : 0), staged: due("s1") });
+    assert.deepEqual([...copying.cached].sort(), ["pin", "reading", "warm"], "a copy that jobs read now is in use too: the staged dataset waits");
   });
 });
