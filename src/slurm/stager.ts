@@ -10,8 +10,8 @@
  * minute, whatever the number of nodes and jobs (its cost grows with the
  * queue's length, as every squeue's does).
  *
- * A node keeps what it was handed (StagedSet) as datasets to cache in the
- * room the pins and the policy leave (plan/decide.ts), until the job's
+ * A node keeps what it was handed (StagedSet) as datasets to cache (those
+ * of jobs due soon making room, the rest in the room left: plan/decide.ts), until the job's
  * expected start and a grace after it, or until the stager stops refreshing
  * it; each entry is counted once as a hit (cached when its job was due, or
  * left the plan by starting early) or a miss.

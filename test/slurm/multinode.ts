@@ -81,6 +81,9 @@ export class MultiNodeCluster {
     }
   }
 
+  /** The ctl namespace's address on the bridge (slurmctld's, and a file server's there). */
+  readonly ctlAddress = `${SUBNET}.1`;
+
   get ctlPid(): number {
     if (!this.ctl) throw new Error("no ctl namespace");
     return this.ctl.pid;
@@ -171,6 +174,26 @@ export class MultiNodeCluster {
     }, 40_000, 250);
   }
 
+  /**
+   * Starts `argv` inside the namespaces of `pid` (net, UTS, mount), logged
+   * to log/NAME.out and ended by stop() (by pid, with the cluster's other
+   * processes): a file server, its clients.
+   */
+  spawnInside(pid: number, name: string, argv: string[]): void {
+    this.spawnDaemon(name, "nsenter", ["-t", String(pid), "-n", "-u", "-m", "--", ...argv]);
+  }
+
+  /**
+   * Shapes a link with tc's token bucket (tbf): `device` in the namespace of
+   * `pid` sends at most `bytesPerS`. A node's eth0 is its link to the
+   * others; the ctl namespace's bridge smbr0 carries what the ctl
+   * namespace itself sends (a file server there), not what nodes send each other.
+   */
+  shape(pid: number, device: string, bytesPerS: number): void {
+    // A burst of 64 KiB, and a queue of 200 ms: TCP sees the rate, not drops.
+    this.inside(pid, ["tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", `${Math.round(bytesPerS * 8)}bit`, "burst", "64kb", "latency", "200ms"]);
+  }
+
   private spawnDaemon(name: string, file: string, args: string[]): void {
     const out = openSync(path.join(this.dir, "log", `${name}.out`), "a");
     const child = spawn(file, args, { env: this.env(), stdio: ["ignore", out, out], detached: true });
@@ -223,10 +246,16 @@ export class MultiNodeCluster {
     return out;
   }
 
-  /** slurmd, slurmctld, munged (SIGTERM, then SIGKILL), then every process of ours left, by pid; the namespaces go with their holders. */
+  /** slurmd, slurmctld, munged, then what spawnInside started (SIGTERM, then SIGKILL), then every process of ours left, by pid; the namespaces go with their holders. */
   async stop(): Promise<{ pid: number; cmd: string }[]> {
-    for (const prefix of ["slurmd", "slurmctld", "munged"]) {
-      for (const d of this.daemons.filter((x) => x.name.startsWith(prefix))) {
+    // Then the rest spawned by name (spawnInside: sshd re-executes itself without the marker, so only its pid finds it).
+    const order = ["slurmd", "slurmctld", "munged"];
+    const rank = (name: string) => {
+      const i = order.findIndex((prefix) => name.startsWith(prefix));
+      return i < 0 ? order.length : i;
+    };
+    for (let r = 0; r <= order.length; r++) {
+      for (const d of this.daemons.filter((x) => rank(x.name) === r)) {
         if (d.child.exitCode !== null || d.child.signalCode !== null) continue;
         d.child.kill("SIGTERM");
         const timer = setTimeout(() => d.child.kill("SIGKILL"), 10_000);

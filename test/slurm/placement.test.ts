@@ -92,12 +92,13 @@ test("placement: a job naming a dataset cached on node 2 but not on node 1, both
   });
 });
 
-test("pre-staging: a job pending behind a long one, planned onto node 1, finds its dataset cached there when it starts; the stager (on node 2) lists the queue once a round and hands node 1 its part over the signed peer channel", async () => {
+test("pre-staging: a job pending behind a long one, planned onto node 1, finds its dataset cached there when it starts, in the room of a dataset no job reads; the stager (on node 2) lists the queue once a round and hands node 1 its part over the signed peer channel", async () => {
   assert.deepEqual(missingPrograms(), [], "Slurm is not installed: run .ci/setup");
   await withRoot("staging", async (root, track) => {
     const cluster = await MultiNodeCluster.start(path.join(root.root, "slurm"), 2);
     try {
       makeImage(root, path.join(root.data, "alpha.sqfs"), { "data.bin": 2 * MB, "id.txt": "alpha" });
+      makeImage(root, path.join(root.data, "beta.sqfs"), { "data.bin": 2 * MB, "id.txt": "beta" });
       // The fleet key, as the administrator makes it (peer fill's: the stager's requests are signed with it).
       mkdirSync(path.join(root.data, ".scratch_manager"), { recursive: true, mode: 0o755 });
       writeFileSync(path.join(root.data, ".scratch_manager", "peer.key"), randomBytes(32), { mode: 0o600 });
@@ -112,6 +113,8 @@ test("pre-staging: a job pending behind a long one, planned onto node 1, finds i
             mountdir: dirs.mountdir,
             state_dir: dirs.state,
             runtime_dir: dirs.run,
+            // Room for one of the two datasets.
+            capacity: "3MB",
             slurm_node: "auto",
             peer_listen: `${node.address}:9456`,
             peer_advertise: `${node.name}:9456`,
@@ -131,6 +134,11 @@ test("pre-staging: a job pending behind a long one, planned onto node 1, finds i
         }
       };
       await waitUntil("both daemons reporting", () => statusOf("node1") !== undefined && statusOf("node2") !== undefined, 60_000, 500);
+      // Node 1's cache is full: beta, read there a while ago (the policy keeps what it cached while nothing else wants the room).
+      await waitUntil("beta cached on node 1, read there", () => {
+        cluster.inside(node1.pid, ["sh", "-c", `cat ${root.root}/node1/mnt/beta/data.bin > /dev/null 2>&1 || true`]);
+        return statusOf("node1")?.datasets.find((d) => d.name === "beta")?.state === "cached";
+      }, 60_000, 500);
       // Node 1 busy with a long job; the second job needs node 1 (and names alpha): the backfill scheduler plans it there, to start when the first ends.
       const out = path.join(root.root, "jobs");
       mkdirSync(out, { recursive: true });
@@ -145,6 +153,7 @@ test("pre-staging: a job pending behind a long one, planned onto node 1, finds i
         const a = statusOf("node1")?.datasets.find((d) => d.name === "alpha");
         return a?.staged?.jobId === next && a.state === "cached";
       }, 90_000, 500);
+      assert.notEqual(statusOf("node1")?.datasets.find((d) => d.name === "beta")?.state, "cached", "beta, read by no job now, made room for the job due on node 1");
       assert.equal(statusOf("node2")?.datasets.find((d) => d.name === "alpha")?.state, "slow", "node 2 stages nothing: no job is planned there");
       const stager = statusOf("node2")?.staging?.stager;
       assert.ok(stager && stager.listings >= 1 && stager.sent >= 1, `the stager listed the queue and handed a part: ${JSON.stringify(stager)}`);
