@@ -31,11 +31,13 @@
  *
  * Environment: SM_SLURM_JOBS (default 28), SM_SLURM_RATE_MIB (default 12),
  * SM_SLURM_LINK_MIB (default 50), SM_SLURM_SEED (default 7),
- * SM_SLURM_WAYS (default none,reactive,placement,staging).
+ * SM_SLURM_WAYS (default none,reactive,placement,staging), SM_SLURM_LOGS=DIR
+ * (each daemon's log lines and slurmctld's log, kept there for a look after
+ * the run).
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -223,11 +225,22 @@ async function runWay(way: Way, jobs: string[], label: string): Promise<{ way: W
       d.signal("SIGTERM");
       await d.exit(10_000).catch(() => d.killAll());
     }
+    if (cluster) saveLogs(label, cluster, daemons);
     daemons = [];
     await cluster?.stop();
     await teardown(root);
     if (madePrivsep) rmdirSync("/run/sshd");
   }
+}
+
+/** SM_SLURM_LOGS=DIR: each node's daemon log lines (JSON lines) and slurmctld's log, as LABEL-nodeN.jsonl and LABEL-slurmctld.log. */
+function saveLogs(label: string, cluster: MultiNodeCluster, daemons: readonly Daemon[]): void {
+  const dir = process.env.SM_SLURM_LOGS;
+  if (!dir) return;
+  mkdirSync(dir, { recursive: true });
+  for (const [i, d] of daemons.entries()) writeFileSync(path.join(dir, `${label}-node${i + 1}.jsonl`), d.logs.map((l) => JSON.stringify(l)).join("\n") + "\n");
+  const ctld = path.join(cluster.dir, "log", "slurmctld.log");
+  if (existsSync(ctld)) copyFileSync(ctld, path.join(dir, `${label}-slurmctld.log`));
 }
 
 /** The median of these, or undefined. */

@@ -15,8 +15,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { CLI, Daemon, makeImage, waitUntil, withRoot, type TestRoot } from "../integration/harness.js";
-import { missingPrograms } from "./cluster.js";
 import { MultiNodeCluster } from "./multinode.js";
+import { missingPrograms } from "./processes.js";
 import type { StatusReport } from "../../src/report/status.js";
 
 const TOP = fileURLToPath(new URL("../../../", import.meta.url));

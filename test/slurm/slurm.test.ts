@@ -12,7 +12,8 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { CLI, Daemon, makeImage, stackAt, waitUntil, withRoot, type TestRoot } from "../integration/harness.js";
-import { missingPrograms, SlurmCluster } from "./cluster.js";
+import { SlurmCluster } from "./cluster.js";
+import { missingPrograms } from "./processes.js";
 
 const TOP = fileURLToPath(new URL("../../../", import.meta.url));
 const MB = 1024 * 1024;
