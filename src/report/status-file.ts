@@ -53,7 +53,13 @@ export async function writeStatusFile(dir: string, report: StatusReport, body?: 
 }
 
 /** The fields a quiet tick renews (daemon.ts); the rest of a report is its body. */
-const PER_TICK = ["writtenAt", "tick", "storage", "peers", "cacheBytesServed"] as const;
+/**
+ * The fields renewed every tick, quiet or not: what changes without a
+ * change of the datasets (the quiet key). The Slurm advertiser and stager
+ * work in the background; their state changes in quiet ticks too (a status
+ * that kept the first quiet tick's would say slurmctld was never told).
+ */
+const PER_TICK = ["writtenAt", "tick", "storage", "peers", "cacheBytesServed", "slurm", "staging"] as const;
 
 /** JSON of a report without its per-tick fields: serialized once for a run of quiet ticks. */
 export function statusBody(report: StatusReport): string {

@@ -24,6 +24,8 @@ interface Held {
   /** The process holding the namespaces: what nsenter -t enters. */
   pid: number;
   child: ChildProcess;
+  /** Reaped: the namespaces are gone with it (a killed holder stays a while in the kernel's exit, tearing them down). */
+  exited: Promise<void>;
 }
 
 export interface NodeInfo {
@@ -81,7 +83,8 @@ export class MultiNodeCluster extends ClusterProcesses {
   private hold(name: string): Held {
     const child = spawn("unshare", ["--net", "--uts", "--mount", "--propagation", "private", "--", "sleep", "infinity"], { env: this.env(), stdio: "ignore" });
     child.on("error", () => undefined);
-    const held = { name, pid: child.pid as number, child };
+    const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
+    const held = { name, pid: child.pid as number, child, exited };
     this.holders.push(held);
     return held;
   }
@@ -183,6 +186,10 @@ export class MultiNodeCluster extends ClusterProcesses {
   async stop(): Promise<ClusterProcess[]> {
     const left = await this.stopProcesses(this.holders.map((h) => h.pid));
     for (const h of this.holders) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill("SIGKILL");
+    // Reaped, not only past the point where /proc/PID/environ reads empty: until then its stat says R.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.holders.map((h) => h.exited)), new Promise((resolve) => (timer = setTimeout(resolve, 10_000)))]);
+    clearTimeout(timer);
     await waitUntil("the cluster's processes and namespaces gone", () => this.processes().length === 0, 10_000);
     return left;
   }

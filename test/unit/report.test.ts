@@ -225,6 +225,15 @@ describe("status file: written atomically, read back with liveness checks", () =
     assert.deepEqual(await readStatusFile(runtime, { now: T0 + 1000 }), next);
   });
 
+  test("a quiet tick's file: what the Slurm advertiser and stager did meanwhile is not taken from the body", () => {
+    const first: StatusReport = { ...makeReport(), slurm: { node: "n1", features: [], calls: 0 }, staging: { hits: 0, misses: 0 } };
+    const body = statusBody(first);
+    const later: StatusReport = { ...first, slurm: { node: "n1", features: ["ds_alpha"], calls: 2, sentAt: T0 + 400 }, staging: { hits: 1, misses: 0 } };
+    const json = JSON.parse(withBody(later, body)) as StatusReport;
+    assert.deepEqual(json.slurm?.features, ["ds_alpha"]);
+    assert.equal(json.staging?.hits, 1);
+  });
+
   test("no status file: DaemonNotRunning naming the file", async () => {
     const runtime = path.join(dir, "never");
     await assert.rejects(readStatusFile(runtime), (err: unknown) => {
