@@ -52,14 +52,15 @@ export async function writeStatusFile(dir: string, report: StatusReport, body?: 
   await writeFileAtomic(statusFilePath(dir), `${body === undefined ? JSON.stringify(report) : withBody(report, body)}\n`, 0o644);
 }
 
-/** The fields a quiet tick renews (daemon.ts); the rest of a report is its body. */
 /**
- * The fields renewed every tick, quiet or not: what changes without a
- * change of the datasets (the quiet key). The Slurm advertiser and stager
- * work in the background; their state changes in quiet ticks too (a status
- * that kept the first quiet tick's would say slurmctld was never told).
+ * The fields a quiet tick renews (daemon.ts); the rest of a report is its
+ * body, serialized once for the run. Renewed: what may change while the
+ * datasets do not (the quiet key), among them what the daemon's background
+ * work adds to each tick's report: peer fill, the cache device's SMART
+ * health, the Slurm advertiser and the stager (a body kept from the first
+ * quiet tick said slurmctld was never told).
  */
-const PER_TICK = ["writtenAt", "tick", "storage", "peers", "cacheBytesServed", "slurm", "staging"] as const;
+const PER_TICK = ["writtenAt", "tick", "storage", "peers", "cacheBytesServed", "cacheDevice", "slurm", "staging"] as const;
 
 /** JSON of a report without its per-tick fields: serialized once for a run of quiet ticks. */
 export function statusBody(report: StatusReport): string {

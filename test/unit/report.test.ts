@@ -225,13 +225,15 @@ describe("status file: written atomically, read back with liveness checks", () =
     assert.deepEqual(await readStatusFile(runtime, { now: T0 + 1000 }), next);
   });
 
-  test("a quiet tick's file: what the Slurm advertiser and stager did meanwhile is not taken from the body", () => {
-    const first: StatusReport = { ...makeReport(), slurm: { node: "n1", features: [], calls: 0 }, staging: { hits: 0, misses: 0 } };
+  test("a quiet tick's file: what the Slurm advertiser, the stager and the health check did meanwhile is not taken from the body", () => {
+    const device = { up: true, reason: "Up", message: "", since: T0 };
+    const first: StatusReport = { ...makeReport(), slurm: { node: "n1", features: [], calls: 0 }, staging: { hits: 0, misses: 0 }, cacheDevice: device };
     const body = statusBody(first);
-    const later: StatusReport = { ...first, slurm: { node: "n1", features: ["ds_alpha"], calls: 2, sentAt: T0 + 400 }, staging: { hits: 1, misses: 0 } };
+    const later: StatusReport = { ...first, slurm: { node: "n1", features: ["ds_alpha"], calls: 2, sentAt: T0 + 400 }, staging: { hits: 1, misses: 0 }, cacheDevice: { ...device, health: { device: "/dev/nvme0n1", smart: "predicted-failure", message: "SMART predicts a failure" } } };
     const json = JSON.parse(withBody(later, body)) as StatusReport;
     assert.deepEqual(json.slurm?.features, ["ds_alpha"]);
     assert.equal(json.staging?.hits, 1);
+    assert.equal(json.cacheDevice?.health?.smart, "predicted-failure");
   });
 
   test("no status file: DaemonNotRunning naming the file", async () => {
